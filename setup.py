@@ -1,0 +1,24 @@
+"""telechat_ms: TeleChat2 (dense and MoE) in MindSpore for Ascend, tested on CPU."""
+from setuptools import find_packages, setup
+
+setup(
+    name="telechat_ms",
+    version="0.1.0",
+    description="TeleChat2 dense and MoE models in MindSpore for Huawei Ascend",
+    packages=find_packages(include=["telechat_ms", "telechat_ms.*"]),
+    python_requires=">=3.11,<3.12",
+    install_requires=[
+        "mindspore==2.9.0",
+        "mindformers==1.9.0",
+        "numpy<2",
+        "sentencepiece",
+        "pyyaml",
+        "safetensors",
+        "tqdm",
+    ],
+    extras_require={
+        # Independent references for parity tests only; the package never imports them.
+        "test": ["pytest", "torch==2.13.0", "transformers==4.57.1"],
+    },
+    entry_points={"console_scripts": ["telechat-ms=telechat_ms.cli:main"]},
+)

@@ -1,0 +1,89 @@
+"""Self-attention with TeleChat2's fused, per-head interleaved key_value projection (spec §2.4)."""
+from __future__ import annotations
+
+import math
+
+import mindspore as ms
+from mindspore import nn, ops
+from mindspore.ops.operations.nn_ops import FlashAttentionScore
+
+from .dtypes import to_ms_dtype
+from .kernels import Kernels
+from .linear import Linear
+from .rotary import RotaryEmbedding
+
+
+class CoreAttention(nn.Cell):
+    """softmax(Q K^T / sqrt(d), masked) V on (B, N, S, D) tensors; mask (B, 1, S_q, S_k) bool, True = masked.
+
+    Plain path: scores scaled in fp32 and rounded back to the compute dtype (HF multiplies the fp16 einsum
+    result by a Python float), softmax in fp32, probabilities cast back. Ascend: FlashAttentionScore.
+    """
+
+    def __init__(self, num_heads: int, head_dim: int, attention_dropout: float, kernels: Kernels):
+        super().__init__()
+        self.scale = 1.0 / math.sqrt(head_dim)
+        self.flash = kernels.flash_attention
+        self.cast = ops.Cast()
+        self.qk = ops.BatchMatMul(transpose_b=True)
+        self.pv = ops.BatchMatMul()
+        self.mul_scale = ops.Mul()
+        self.select = ops.Select()
+        self.softmax = ops.Softmax(axis=-1)
+        self.dropout = nn.Dropout(p=attention_dropout) if attention_dropout > 0 else nn.Identity()
+        if self.flash:
+            if attention_dropout > 0:   # would need a generated drop mask; every TeleChat2 config uses 0.0
+                raise ValueError(f"attention_dropout ({attention_dropout}) > 0 is not supported with flash attention")
+            self.flash_attention = FlashAttentionScore(head_num=num_heads, scale_value=self.scale,
+                                                       input_layout="BNSD", sparse_mode=0)
+
+    def construct(self, q, k, v, mask):
+        dtype = q.dtype
+        if self.flash:
+            return self.flash_attention(q, k, v, None, None, None, self.cast(mask, ms.uint8))[3]
+        scores = self.cast(self.qk(q, k), ms.float32)                                # (B, N, Sq, Sk)
+        scores = self.cast(self.cast(self.mul_scale(scores, self.scale), dtype), ms.float32)
+        mask = ops.broadcast_to(mask, scores.shape)
+        scores = self.select(mask, ops.full_like(scores, -3.4028234663852886e38), scores)
+        probs = self.dropout(self.cast(self.softmax(scores), dtype))
+        return self.pv(probs, v)                                                     # (B, N, Sq, D)
+
+    def shard(self, parallel) -> None:
+        """Sharding strategies are set by telechat_ms.parallel (kept out of construct)."""
+
+
+class Attention(nn.Cell):
+    """query (no bias), fused key_value (no bias, rows [K_0; V_0; K_1; V_1; ...]), dense (bias)."""
+
+    def __init__(self, config, kernels: Kernels = Kernels()):
+        super().__init__()
+        compute, param = to_ms_dtype(config.compute_dtype), to_ms_dtype(config.param_dtype)
+        self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
+        self.n_rep = config.num_heads // config.num_kv_heads
+        hidden, std = config.hidden_size, config.initializer_range
+        self.wq = Linear(hidden, self.num_heads * self.head_dim, False, compute, param, std)
+        self.wk_v = Linear(hidden, 2 * self.num_kv_heads * self.head_dim, False, compute, param, std)
+        self.wo = Linear(self.num_heads * self.head_dim, hidden, True, compute, param, std)
+        self.rotary = RotaryEmbedding.from_config(config, kernels)
+        self.core = CoreAttention(config.num_heads, config.head_dim, config.attention_dropout, kernels)
+        self.reshape = ops.Reshape()
+        self.transpose = ops.Transpose()
+
+    def construct(self, x, cos, sin, mask):
+        bsz, seq, _ = x.shape
+        q = self.reshape(self.wq(x), (bsz, seq, self.num_heads, self.head_dim))
+        q = self.transpose(q, (0, 2, 1, 3))                                          # (B, N, S, D)
+        kv = self.reshape(self.wk_v(x), (bsz, seq, self.num_kv_heads, 2 * self.head_dim))  # per-head [K_h|V_h]
+        k = self.transpose(kv[..., :self.head_dim], (0, 2, 1, 3))                    # (B, Nkv, S, D)
+        v = self.transpose(kv[..., self.head_dim:], (0, 2, 1, 3))                    # (B, Nkv, S, D)
+        q, k = self.rotary(q, cos, sin), self.rotary(k, cos, sin)
+        if self.n_rep > 1:
+            # query head h reads kv head h // n_rep (HF repeat_kv grouping)
+            k = ops.repeat_interleave(k, self.n_rep, 1)                               # (B, N, S, D)
+            v = ops.repeat_interleave(v, self.n_rep, 1)
+        context = self.transpose(self.core(q, k, v, mask), (0, 2, 1, 3))            # (B, S, N, D)
+        context = self.reshape(context, (bsz, seq, self.num_heads * self.head_dim))  # (B, S, H)
+        return self.wo(context)
+
+    def shard(self, parallel) -> None:
+        """Sharding strategies are set by telechat_ms.parallel (kept out of construct)."""

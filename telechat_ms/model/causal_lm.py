@@ -1,0 +1,52 @@
+"""TelechatForCausalLM: the model, the untied lm_head and the shifted next-token loss."""
+from __future__ import annotations
+
+import mindspore as ms
+from mindspore import nn, ops
+
+from .decoder import TelechatModel
+from .dtypes import to_ms_dtype
+from .kernels import Kernels
+from .linear import Linear
+from .loss import CausalLMLoss
+
+
+class TelechatForCausalLM(nn.Cell):
+    """model(input_ids) -> logits (B, S, V) fp32;  model(input_ids, labels) -> loss (scalar fp32).
+
+    The loss is the HF next-token cross entropy (logits[:, :-1] vs labels[:, 1:], ignore -100) plus the
+    summed MoE auxiliary loss (zero for dense models). `loss_mask` (B, S) optionally weights label positions
+    (SFT); `attention_mask` (B, S) marks padding with 0.
+    """
+
+    def __init__(self, config, kernels: Kernels | None = None):
+        super().__init__()
+        kernels = kernels or Kernels.plain()
+        self.config = config
+        self.kernels = kernels
+        self.model = TelechatModel(config, kernels)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, False, to_ms_dtype(config.compute_dtype),
+                              to_ms_dtype(config.param_dtype), config.initializer_range)
+        self.loss = CausalLMLoss()
+        self.cast = ops.Cast()
+        self.reshape = ops.Reshape()
+
+    def construct(self, input_ids, labels=None, attention_mask=None, loss_mask=None):
+        hidden, aux = self.model(input_ids, attention_mask)                            # (B, S, H)
+        logits = self.cast(self.lm_head(hidden), ms.float32)                           # (B, S, V)
+        if labels is None:
+            return logits
+        vocab = logits.shape[-1]
+        shift_logits = self.reshape(logits[:, :-1, :], (-1, vocab))                    # (B*(S-1), V)
+        shift_labels = self.reshape(labels[:, 1:], (-1,))                              # (B*(S-1),)
+        shift_mask = None if loss_mask is None else self.reshape(loss_mask[:, 1:], (-1,))
+        return self.loss(shift_logits, shift_labels, shift_mask) + aux
+
+    def shard(self, parallel) -> None:
+        """Sharding strategies are set by telechat_ms.parallel (kept out of construct)."""
+
+    @classmethod
+    def from_pretrained(cls, path: str, kernels: Kernels | None = None, **config_overrides):
+        """Build from a converted directory (model_config.yaml + safetensors) written by convert/hf2ms.py."""
+        from ..convert.checkpoint import load_pretrained   # pylint: disable=import-outside-toplevel
+        return load_pretrained(cls, path, kernels, **config_overrides)

@@ -1,0 +1,116 @@
+"""The one TeleChat2 decoder layer (pre-norm; dense or MoE by swapping the MLP module) and the layer stack."""
+from __future__ import annotations
+
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common.initializer import Normal, initializer
+
+from .attention import Attention
+from .dtypes import to_ms_dtype
+from .kernels import Kernels
+from .mlp import MLP
+from .norm import RMSNorm
+from .rotary import RotaryEmbedding
+
+
+def build_mlp(config, kernels: Kernels) -> nn.Cell:
+    """Dense SwiGLU or the MoE block; both map x -> (y, aux_loss)."""
+    if config.is_moe:
+        from .moe import MoE   # pylint: disable=import-outside-toplevel
+        return MoE(config, kernels)
+    return MLP(config)
+
+
+class DecoderLayer(nn.Cell):
+    """h = x + drop(attn(norm(x))); y = h + drop(mlp(norm(h))) (HF block, spec §2.2)."""
+
+    def __init__(self, config, kernels: Kernels = Kernels()):
+        super().__init__()
+        param = to_ms_dtype(config.param_dtype)
+        self.attention_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, param, kernels)
+        self.attention = Attention(config, kernels)
+        self.ffn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, param, kernels)
+        self.feed_forward = build_mlp(config, kernels)
+        # an architecture switch of the HF file (false in every published config), not a parallel setting
+        self.residual_from_norm = config.apply_residual_connection_post_layernorm
+        p = config.hidden_dropout
+        self.attn_dropout = nn.Dropout(p=p) if p > 0 else nn.Identity()
+        self.mlp_dropout = nn.Dropout(p=p) if p > 0 else nn.Identity()
+        self.add_attn = ops.Add()
+        self.add_mlp = ops.Add()
+
+    def construct(self, x, cos, sin, mask):
+        """x (B, S, H) -> (y (B, S, H), aux_loss scalar fp32)."""
+        normed = self.attention_norm(x)
+        residual = normed if self.residual_from_norm else x
+        h = self.add_attn(residual, self.attn_dropout(self.attention(normed, cos, sin, mask)))
+        normed = self.ffn_norm(h)
+        residual = normed if self.residual_from_norm else h
+        out, aux = self.feed_forward(normed)
+        return self.add_mlp(residual, self.mlp_dropout(out)), aux
+
+    def shard(self, parallel) -> None:
+        """Sharding strategies are set by telechat_ms.parallel (kept out of construct)."""
+
+
+class TelechatModel(nn.Cell):
+    """Embedding -> (optional embedding norm) -> decoder layers -> final norm."""
+
+    def __init__(self, config, kernels: Kernels = Kernels()):
+        super().__init__()
+        self.config = config
+        param = to_ms_dtype(config.param_dtype)
+        self.compute_dtype = to_ms_dtype(config.compute_dtype)
+        self.tok_embeddings = Embedding(config.vocab_size, config.hidden_size, param, config.initializer_range)
+        self.embed_norm = config.embed_layernorm
+        if self.embed_norm:
+            self.tok_embeddings_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, param, kernels)
+        self.layers = nn.CellList([DecoderLayer(config, kernels) for _ in range(config.num_layers)])
+        self.norm_out = RMSNorm(config.hidden_size, config.rms_norm_eps, param, kernels)
+        self.rotary = RotaryEmbedding.from_config(config, kernels)    # tables once per forward, shared
+        self.cast = ops.Cast()
+        self.add_aux = ops.Add()
+
+    def construct(self, input_ids, attention_mask=None):
+        """input_ids (B, S) int -> (hidden (B, S, H), summed aux loss); attention_mask (B, S) 1 = keep."""
+        bsz, seq = input_ids.shape
+        x = self.cast(self.tok_embeddings(input_ids), self.compute_dtype)             # (B, S, H)
+        if self.embed_norm:
+            x = self.tok_embeddings_norm(x)
+        cos, sin = self.rotary.tables(seq, self.compute_dtype)                         # (S, D) each
+        mask = causal_padding_mask(bsz, seq, attention_mask)                           # (B, 1, S, S)
+        aux = Tensor(0.0, ms.float32)
+        for layer in self.layers:
+            x, layer_aux = layer(x, cos, sin, mask)
+            aux = self.add_aux(aux, layer_aux)
+        return self.norm_out(x), aux
+
+    def shard(self, parallel) -> None:
+        """Sharding strategies are set by telechat_ms.parallel (kept out of construct)."""
+
+
+def causal_padding_mask(bsz: int, seq: int, attention_mask=None):
+    """Boolean (B, 1, S, S) mask, True = masked: key after query, or key is padding (HF semantics)."""
+    causal = Tensor(np.triu(np.ones((seq, seq), dtype=np.bool_), k=1))             # (S, S) graph constant
+    mask = ops.broadcast_to(causal.reshape(1, 1, seq, seq), (bsz, 1, seq, seq))
+    if attention_mask is not None:
+        pad = ops.logical_not(ops.cast(attention_mask, ms.bool_)).reshape(bsz, 1, 1, seq)  # (B, 1, 1, S)
+        mask = ops.logical_or(mask, pad)
+    return mask
+
+
+class Embedding(nn.Cell):
+    """Token embedding table (vocab, hidden); no scaling, no padding index (HF nn.Embedding defaults)."""
+
+    def __init__(self, vocab_size: int, hidden_size: int, param_dtype, init_std: float):
+        super().__init__()
+        self.embedding_weight = Parameter(initializer(Normal(init_std), (vocab_size, hidden_size), param_dtype),
+                                          name="embedding_weight")
+        self.gather = ops.Gather()
+
+    def construct(self, input_ids):
+        return self.gather(self.embedding_weight, input_ids, 0)                       # (B, S, H)
+
+    def shard(self, parallel) -> None:
+        """Sharding strategies are set by telechat_ms.parallel (kept out of construct)."""

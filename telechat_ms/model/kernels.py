@@ -1,0 +1,29 @@
+"""Which implementation of a fused op the model uses: the Ascend kernel or the plain-ops path.
+
+The choice is made once, by whoever builds the model (from the device target), and passed in; model code
+never reads the global context. Both paths compute the same math; CPU always uses the plain path
+(no CPU kernels exist for flash attention, RmsNorm or ApplyRotaryPosEmb, see docs/architecture.md).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Kernels:
+    flash_attention: bool = False   # ops FlashAttentionScore (BNSD) instead of matmul-softmax-matmul
+    fused_rms_norm: bool = False    # ops.rms_norm instead of fp32 square-mean-rsqrt
+    fused_rope: bool = False        # ops.rotary_position_embedding (rotate-half mode) instead of slicing
+
+    @classmethod
+    def plain(cls) -> "Kernels":
+        return cls()
+
+    @classmethod
+    def for_device(cls, device_target: str) -> "Kernels":
+        """Fast paths on Ascend, plain ops everywhere else."""
+        if device_target not in ("Ascend", "CPU", "GPU"):
+            raise ValueError(f"device_target must be Ascend, CPU or GPU, got {device_target!r}")
+        if device_target == "Ascend":
+            return cls(flash_attention=True, fused_rms_norm=True, fused_rope=True)
+        return cls()

@@ -1,0 +1,37 @@
+"""Linear layer with torch's (out, in) weight layout, so checkpoints map without transposes."""
+from __future__ import annotations
+
+import mindspore as ms
+from mindspore import Parameter, nn, ops
+from mindspore.common.initializer import Normal, Zero, initializer
+
+
+class Linear(nn.Cell):
+    """y = x @ weight.T (+ bias), weight (out, in); computed in `compute_dtype`, params kept in `param_dtype`."""
+
+    def __init__(self, in_features: int, out_features: int, has_bias: bool, compute_dtype=ms.float32,
+                 param_dtype=ms.float32, init_std: float = 0.02):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        # initializer() is lazy: nothing is allocated until the parameter is used (static checks of 115B)
+        self.weight = Parameter(initializer(Normal(init_std), (out_features, in_features), param_dtype),
+                                name="weight")
+        self.has_bias = has_bias
+        if has_bias:
+            self.bias = Parameter(initializer(Zero(), (out_features,), param_dtype), name="bias")
+            self.bias_add = ops.Add()
+        self.compute_dtype = compute_dtype
+        self.cast = ops.Cast()
+        self.reshape = ops.Reshape()
+        self.matmul = ops.MatMul(transpose_b=True)
+
+    def construct(self, x):
+        out_shape = x.shape[:-1] + (self.out_features,)
+        x = self.reshape(self.cast(x, self.compute_dtype), (-1, self.in_features))      # (N, in)
+        y = self.matmul(x, self.cast(self.weight, self.compute_dtype))                 # (N, out)
+        if self.has_bias:
+            y = self.bias_add(y, self.cast(self.bias, self.compute_dtype))
+        return self.reshape(y, out_shape)                                               # (..., out)
+
+    def shard(self, parallel) -> None:
+        """Sharding strategies are set by telechat_ms.parallel (kept out of construct)."""

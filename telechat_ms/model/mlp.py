@@ -1,0 +1,30 @@
+"""Dense SwiGLU MLP (spec §2.6). MoE blocks implement the same interface: x -> (y, aux_loss)."""
+from __future__ import annotations
+
+import mindspore as ms
+from mindspore import Tensor, nn, ops
+
+from .dtypes import to_ms_dtype
+from .linear import Linear
+
+
+class MLP(nn.Cell):
+    """w2(silu(w1 x) * w3 x) + b2 with w1 = gate_proj, w3 = up_proj, w2 = down_proj (bias on w2 only)."""
+
+    def __init__(self, config):
+        super().__init__()
+        compute, param = to_ms_dtype(config.compute_dtype), to_ms_dtype(config.param_dtype)
+        hidden, ffn, std = config.hidden_size, config.ffn_hidden_size, config.initializer_range
+        self.w1 = Linear(hidden, ffn, False, compute, param, std)
+        self.w3 = Linear(hidden, ffn, False, compute, param, std)
+        self.w2 = Linear(ffn, hidden, True, compute, param, std)
+        self.silu = nn.SiLU()
+        self.mul = ops.Mul()
+        self.zero = Tensor(0.0, ms.float32)
+
+    def construct(self, x):
+        """Returns (output, aux_loss); the aux loss is zero for the dense MLP."""
+        return self.w2(self.mul(self.silu(self.w1(x)), self.w3(x))), self.zero
+
+    def shard(self, parallel) -> None:
+        """Sharding strategies are set by telechat_ms.parallel (kept out of construct)."""
