@@ -1,0 +1,81 @@
+"""Forward and forward+backward tokens/s on CPU: telechat_ms (GRAPH_MODE) vs the HF-equivalent torch reference.
+
+Same weights, same inputs, same machine, same run; prints the ratio ours / torch (> 1 means we are faster).
+Not a test: numbers depend on the machine. Usage: python bench/forward.py [--layers 4 --hidden 512 --seq 512]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+
+def _timeit(fn, repeat: int) -> float:
+    fn()                                                      # warm-up (and graph compile for ours)
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - start) / repeat
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--ffn", type=int, default=1536)
+    parser.add_argument("--vocab", type=int, default=8192)
+    parser.add_argument("--seq", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+
+    import mindspore as ms
+    import torch
+    from telechat_ms import TelechatConfig
+    from tests.reference.ms_loading import ms_model_from_hf_state
+    from tests.reference.torch_telechat import build_reference, random_hf_state, reference_forward
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_device("CPU")
+    config = dataclasses.replace(TelechatConfig.preset("tiny"), num_layers=args.layers, hidden_size=args.hidden,
+                                 num_heads=args.heads, num_kv_heads=args.heads, ffn_hidden_size=args.ffn,
+                                 vocab_size=args.vocab, training_seqlen=args.seq, base_seqlen=args.seq,
+                                 seq_length=args.seq)
+    state = random_hf_state(config, seed=0, std=0.02)
+    ours, ref = ms_model_from_hf_state(config, state), build_reference(config, state)
+    ids = np.random.default_rng(0).integers(0, config.vocab_size, (args.batch, args.seq)).astype(np.int32)
+    ms_ids = ms.Tensor(ids)
+    grad_fn = ms.value_and_grad(ours, grad_position=None, weights=ours.trainable_params())
+
+    def torch_fwd():
+        with torch.no_grad():
+            reference_forward(ref, ids)
+
+    def torch_fwd_bwd():
+        ref.zero_grad(set_to_none=True)
+        reference_forward(ref, ids, labels=ids).loss.backward()
+
+    results = {
+        "forward": (_timeit(lambda: ours(ms_ids).asnumpy(), args.repeat), _timeit(torch_fwd, args.repeat)),
+        "forward+backward": (_timeit(lambda: grad_fn(ms_ids, ms_ids)[0].asnumpy(), args.repeat),
+                             _timeit(torch_fwd_bwd, args.repeat)),
+    }
+    tokens = args.batch * args.seq
+    print(f"config: {args.layers} layers, hidden {args.hidden}, heads {args.heads}, ffn {args.ffn}, vocab {args.vocab}, "
+          f"batch {args.batch} x seq {args.seq}, fp32, {os.cpu_count()} CPU threads")
+    print(f"{'pass':18} {'ours tok/s':>11} {'torch tok/s':>12} {'ratio':>7}")
+    for name, (t_ours, t_ref) in results.items():
+        print(f"{name:18} {tokens / t_ours:11.1f} {tokens / t_ref:12.1f} {t_ref / t_ours:6.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
