@@ -115,3 +115,14 @@ def test_yaml_with_model_config_section(tmp_path):
     path.write_text("model_config:\n" + "".join(f"  {k}: {v}\n" for k, v in PRESETS["tiny"].items()))
     assert TelechatConfig.from_yaml(str(path)) == TelechatConfig.preset("tiny")
     assert dataclasses.replace(TelechatConfig.preset("tiny"), num_layers=3).num_layers == 3
+
+
+def test_yaml_in_mindformers_layout(tmp_path):
+    path = tmp_path / "run.yaml"
+    body = "".join(f"      {k}: {v}\n" for k, v in PRESETS["tiny"].items())
+    path.write_text("model:\n  arch:\n    type: TelechatForCausalLM\n  model_config:\n"
+                    "    type: TelechatConfig\n" + body.replace("      ", "    "))
+    assert TelechatConfig.from_yaml(str(path)) == TelechatConfig.preset("tiny")
+    path.write_text("model:\n  model_config:\n    num_layerz: 2\n")
+    with pytest.raises(ConfigError, match=r"run.yaml: model.model_config: unknown config key 'num_layerz'"):
+        TelechatConfig.from_yaml(str(path))

@@ -177,9 +177,14 @@ class TelechatConfig:
     @classmethod
     def from_yaml(cls, path: str) -> "TelechatConfig":
         data = load_yaml(path)
-        if isinstance(data, Mapping) and "model_config" in data:     # a full run yaml: take its model part
-            data = data["model_config"]
-        return cls.from_dict(data or {}, source=path)
+        # a full run yaml (mindformers layout `model: {model_config: ...}`, or a top-level model_config)
+        if isinstance(data, Mapping) and isinstance(data.get("model"), Mapping) and "model_config" in data["model"]:
+            data, source = data["model"]["model_config"], f"{path}: model.model_config"
+        elif isinstance(data, Mapping) and "model_config" in data:
+            data, source = data["model_config"], f"{path}: model_config"
+        else:
+            source = path
+        return cls.from_dict(_without_mindformers_keys(data or {}), source=source)
 
     @classmethod
     def from_hf_config(cls, path_or_dict: str | Mapping[str, Any], **overrides) -> "TelechatConfig":
@@ -250,6 +255,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     "39b_a12b": dict(hidden_size=4096, num_layers=30, num_heads=32, num_kv_heads=32, ffn_hidden_size=6144,
                      num_experts=16, num_experts_per_tok=4),
 }
+
+
+# keys a mindformers model_config carries for its registry; they name our classes, not architecture
+_MINDFORMERS_KEYS = ("type", "arch")
+
+
+def _without_mindformers_keys(data):
+    if not isinstance(data, Mapping):
+        return data
+    return {k: v for k, v in data.items() if k not in _MINDFORMERS_KEYS}
 
 
 def ntk_alpha(total_len: int, training_seqlen: int, base_seqlen: int) -> int:
