@@ -1,7 +1,8 @@
 """`telechat-ms` command line: one entry, subcommands by concern.
 
-Subcommands available now: `info` (presets and parameter counts), `forward` (build a model and run one
-forward pass), `convert` (hf2ms / ms2hf / mf2ms, see docs/convert.md). Exit codes: 0 ok, 2 bad input.
+Subcommands: `info` (presets and parameter counts), `forward` (build a model and run one forward pass),
+`convert` (hf2ms / ms2hf / mf2ms, docs/convert.md), `preprocess` (jsonl -> MindRecord, docs/data.md).
+Exit codes: 0 ok, 2 bad input.
 """
 from __future__ import annotations
 
@@ -72,11 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
                           add_help=False)
     conv.add_argument("direction", choices=("hf2ms", "ms2hf", "mf2ms"))
     conv.set_defaults(func=None)
+    sub.add_parser("preprocess", help="jsonl (official or mindformers format) -> packed MindRecord (docs/data.md)",
+                   add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["preprocess"]:
+        from .data.preprocess import main as preprocess_main
+        return preprocess_main(argv[1:])
     if argv[:1] == ["convert"] and len(argv) > 1:
         from .convert import cli as convert_cli
         runner = {"hf2ms": convert_cli.hf2ms_main, "ms2hf": convert_cli.ms2hf_main, "mf2ms": convert_cli.mf2ms_main}
