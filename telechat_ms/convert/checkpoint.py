@@ -1,0 +1,81 @@
+"""Build a model from a converted directory: `TelechatForCausalLM.from_pretrained(path)` lands here."""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+
+from ..config.base import ConfigError
+from ..config.model import TelechatConfig
+from .errors import ConvertError, summarize
+from .pipeline import MODEL_CONFIG
+from .sources import SAFE_INDEX, read_index
+
+
+def weight_files(path: str) -> tuple[list[str], str]:
+    """The weight files of a converted directory and their format ('safetensors' or 'ckpt')."""
+    index = os.path.join(path, SAFE_INDEX)
+    if os.path.isfile(index):
+        files = [os.path.join(path, name) for name in sorted(set(read_index(index).values()))]
+        for file in files:
+            if not os.path.isfile(file):
+                raise ConvertError(f"{index}: names {os.path.basename(file)} but {file} does not exist")
+        return files, "safetensors"
+    ckpts = sorted(glob.glob(os.path.join(path, "*.ckpt")))
+    if len(ckpts) == 1:
+        return ckpts, "ckpt"
+    raise ConvertError(f"{path}: no weights: expected {SAFE_INDEX} (+ shards) or exactly one .ckpt file "
+                       f"(found {len(ckpts)} .ckpt files)")
+
+
+def _load_params(files: list[str], fmt: str) -> dict:
+    import mindspore as ms   # pylint: disable=import-outside-toplevel
+    params = {}
+    for file in files:
+        params.update(ms.load_checkpoint(file, format=fmt))
+    return params
+
+
+def _match(net, params: dict, path: str) -> dict:
+    """Check names and shapes against the model; cast dtypes to the model's (e.g. bf16 weights, fp32 model)."""
+    from mindspore import Parameter, ops   # pylint: disable=import-outside-toplevel
+    wanted = net.parameters_dict()
+    missing = [k for k in wanted if k not in params]
+    unexpected = [k for k in params if k not in wanted]
+    wrong = [f"{k}: model {list(p.shape)}, checkpoint {list(params[k].shape)}"
+             for k, p in wanted.items() if k in params and tuple(p.shape) != tuple(params[k].shape)]
+    if missing or unexpected or wrong:
+        parts = [f"missing ({len(missing)}): {summarize(missing)}" if missing else "",
+                 f"unexpected ({len(unexpected)}): {summarize(unexpected)}" if unexpected else "",
+                 f"wrong shapes ({len(wrong)}): {summarize(wrong)}" if wrong else ""]
+        raise ConvertError(f"{path}: weights do not match the model built from {MODEL_CONFIG}: "
+                           + "; ".join(p for p in parts if p))
+    out = {}
+    for name, param in params.items():
+        target = wanted[name].dtype
+        out[name] = param if param.dtype == target else Parameter(ops.cast(param, target), name=name)
+    return out
+
+
+def load_pretrained(cls, path: str, kernels=None, **overrides):
+    """cls(config, kernels) with the weights of a directory written by hf2ms / mf2ms; overrides replace config
+    fields (e.g. param_dtype="float32" to run bf16 weights on CPU)."""
+    import mindspore as ms   # pylint: disable=import-outside-toplevel
+    if not os.path.isdir(path):
+        raise ConvertError(f"{path}: not a directory (expected a directory written by convert/hf2ms.py)")
+    config_path = os.path.join(path, MODEL_CONFIG)
+    if not os.path.isfile(config_path):
+        raise ConvertError(f"{config_path}: file not found (expected a directory written by convert/hf2ms.py)")
+    try:
+        config = TelechatConfig.from_yaml(config_path)
+        config = dataclasses.replace(config, **overrides) if overrides else config
+    except (ConfigError, TypeError) as exc:
+        raise ConvertError(f"{config_path}: {exc}") from None
+    files, fmt = weight_files(path)
+    params = _load_params(files, fmt)
+    net = cls(config, kernels)
+    params = _match(net, params, path)
+    not_loaded, _ = ms.load_param_into_net(net, params, strict_load=True)
+    if not_loaded:
+        raise ConvertError(f"{path}: parameters not loaded: {summarize(not_loaded)}")
+    return net

@@ -1,0 +1,239 @@
+"""Validated, lazy views of a source as our MindSpore tensors, and of those as HF tensors.
+
+A `Virtual` tensor is a shape plus an ordered list of element ranges of source tensors whose concatenation
+(C order) is the tensor. Every layout change the converters need is expressible this way without reading
+data: expert stacking (concat), unstacking (row slice), the official port's (1, E, 1, H) expert bias
+(reshape), and de-fusing its w_qkv / w_gate_hidden (row slices, re-interleaved per kv head).
+Validation collects every problem (missing, unexpected, wrong shape, non-float dtype) before one ConvertError.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+from .dtypes import FLOAT_DTYPES
+from .errors import ConvertError, summarize
+from .names import ROUTER_HF_KEYS, name_table
+from .sources import Source
+from .tensorfile import TensorInfo
+
+
+@dataclass(frozen=True)
+class Segment:
+    key: str
+    dtype: str
+    start: int          # element range of the flattened source tensor
+    stop: int
+
+
+@dataclass(frozen=True)
+class Virtual:
+    shape: tuple[int, ...]
+    segments: tuple[Segment, ...]
+
+    @classmethod
+    def whole(cls, info: TensorInfo, shape=None) -> "Virtual":
+        return cls(tuple(shape or info.shape), (Segment(info.key, info.dtype, 0, info.numel),))
+
+    @classmethod
+    def concat(cls, parts: list["Virtual"], shape) -> "Virtual":
+        return cls(tuple(shape), tuple(s for p in parts for s in p.segments))
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def rows(self, start: int, stop: int, shape=None) -> "Virtual":
+        """Rows [start, stop) of axis 0, as `shape` (default: the sliced shape)."""
+        row = math.prod(self.shape[1:])
+        lo, hi = start * row, stop * row                   # element range inside this tensor
+        picked, pos = [], 0
+        for seg in self.segments:
+            size = seg.stop - seg.start
+            a, b = max(lo, pos), min(hi, pos + size)
+            if a < b:
+                picked.append(Segment(seg.key, seg.dtype, seg.start + a - pos, seg.start + b - pos))
+            pos += size
+        return Virtual(tuple(shape or (stop - start,) + self.shape[1:]), tuple(picked))
+
+
+@dataclass
+class Problems:
+    """Everything wrong with a source, reported at once."""
+    source: str
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    other: list[str] = field(default_factory=list)
+
+    def check(self, info: TensorInfo, shape: tuple[int, ...], accepted=()) -> bool:
+        """True if `info` has `shape` (or one of `accepted`) and a float dtype; records the problem otherwise."""
+        ok = True
+        if info.shape != tuple(shape) and info.shape not in accepted:
+            self.other.append(f"'{info.key}' in {info.path}: expected shape {list(shape)}, found {list(info.shape)}")
+            ok = False
+        if info.dtype not in FLOAT_DTYPES:
+            self.other.append(f"'{info.key}' in {info.path}: dtype {info.dtype} cannot be cast to a float weight "
+                              f"(expected one of {', '.join(FLOAT_DTYPES)})")
+            ok = False
+        return ok
+
+    def raise_if_any(self, config) -> None:
+        if not (self.missing or self.unexpected or self.other):
+            return
+        lines = [f"invalid checkpoint {self.source} for config (layers={config.num_layers}, "
+                 f"hidden={config.hidden_size}, heads={config.num_heads}/{config.num_kv_heads}, "
+                 f"ffn={config.ffn_hidden_size}, vocab={config.vocab_size}, experts={config.num_experts}):"]
+        if self.missing:
+            lines.append(f"  missing tensors ({len(self.missing)}): {summarize(self.missing)}")
+        if self.unexpected:
+            lines.append(f"  unexpected tensors ({len(self.unexpected)}): {summarize(self.unexpected)}")
+        lines += [f"  {msg}" for msg in self.other[:20]]
+        if len(self.other) > 20:
+            lines.append(f"  ... ({len(self.other) - 20} more problems)")
+        raise ConvertError("\n".join(lines))
+
+
+def _router_suffix(key: str) -> str | None:
+    for template in ROUTER_HF_KEYS:
+        if key.endswith(template.rsplit("{i}", 1)[1]):
+            return template.rsplit(".", 2)[-2]            # "router" or "gate"
+    return None
+
+
+def hf_view(source: Source, config) -> tuple[dict[str, Virtual], str | None]:
+    """Our MS tensors from an HF source; also which router key spelling it used ('router'/'gate'/None)."""
+    problems, used, view, router = Problems(source.description), set(), {}, None
+    for entry in name_table(config):
+        parts = []
+        for key in entry.hf_keys:
+            key = _present_router_key(key, source.infos)
+            info = source.infos.get(key)
+            if info is None:
+                problems.missing.append(key)
+                continue
+            used.add(key)
+            router = _router_suffix(key) or router
+            if problems.check(info, entry.hf_shape):
+                parts.append(Virtual.whole(info))
+        if len(parts) == len(entry.hf_keys):
+            view[entry.ms_key] = Virtual.concat(parts, entry.shape)       # (E, ...) when stacked
+    problems.unexpected = [k for k in source.infos if k not in used]
+    problems.raise_if_any(config)
+    return view, router
+
+
+def _present_router_key(key: str, infos) -> str:
+    if not key.endswith(".mlp.router.weight") or key in infos:
+        return key
+    alias = key[: -len("router.weight")] + "gate.weight"
+    return alias if alias in infos else key
+
+
+# Entries of training checkpoints that are not model weights (optimizer state, counters, loss scale).
+_STATE_PREFIXES = ("adam_m.", "adam_v.", "moment1.", "moment2.", "moments.", "exp_avg.", "exp_avg_sq.",
+                   "accu_grads.", "accumulate_grads.", "grad_accum.", "lamb_m.", "lamb_v.", "max_exp_avg_sq.")
+_STATE_NAMES = re.compile(r"(^|\.)(global_step|learning_rate|lr|epoch_num|step_num|loss_scale|scale_sense|"
+                          r"current_iterator_step|last_overflow_iterator_step|beta1_power|beta2_power|"
+                          r"total_step|consumed_samples)$")
+_WRAPPER_PREFIXES = ("network.", "_backbone.", "backbone.")
+
+
+def is_training_state(key: str) -> bool:
+    return key.startswith(_STATE_PREFIXES) or bool(_STATE_NAMES.search(key))
+
+
+def _model_names(source: Source, expected) -> tuple[dict[str, TensorInfo], list[str]]:
+    """{model name: info} (wrapper prefixes stripped) and the dropped training-state keys."""
+    named, dropped = {}, []
+    for key, info in source.infos.items():
+        if is_training_state(key):
+            dropped.append(key)
+            continue
+        name = key
+        while name.startswith(_WRAPPER_PREFIXES) and name not in expected:
+            name = name.split(".", 1)[1]
+        named[name] = info
+    return named, dropped
+
+
+def ms_view(source: Source, config) -> tuple[dict[str, Virtual], list[str]]:
+    """Our MS tensors from a MindSpore source (ours, a training run's or the official port's); dropped keys."""
+    table = name_table(config)
+    expected = {e.ms_key: e for e in table}
+    named, dropped = _model_names(source, expected)
+    problems, used, view = Problems(source.description), set(), {}
+    for entry in table:
+        found = _ms_tensor(entry, named, config, problems, used)
+        if found is not None:
+            view[entry.ms_key] = found
+    problems.unexpected = [named[k].key for k in named if k not in used]
+    problems.raise_if_any(config)
+    return view, dropped
+
+
+def _ms_tensor(entry, named, config, problems: Problems, used: set) -> Virtual | None:
+    info = named.get(entry.ms_key)
+    if info is not None:
+        used.add(entry.ms_key)
+        # official port: stacked expert bias is (1, E, 1, H); same bytes as our (E, H)
+        accepted = ((1, entry.shape[0], 1, entry.shape[1]),) if entry.ms_key.endswith("ffn.w2.bias") else ()
+        return Virtual.whole(info, entry.shape) if problems.check(info, entry.shape, accepted) else None
+    fused = _defused(entry.ms_key, named, config, problems, used)
+    if fused is False:
+        problems.missing.append(entry.ms_key)
+        return None
+    return fused
+
+
+# the official port's fused variants (qkv_concat): our leaf name -> the fused tensor it is a row range of
+_FUSED = {"attention.wq.weight": "attention.w_qkv.weight", "attention.wk_v.weight": "attention.w_qkv.weight",
+          "feed_forward.w1.weight": "feed_forward.w_gate_hidden.weight",
+          "feed_forward.w3.weight": "feed_forward.w_gate_hidden.weight"}
+
+
+def _defused(ms_key: str, named, config, problems: Problems, used: set):
+    """wq / wk_v from w_qkv (rows [Q; K_all; V_all]), w1 / w3 from w_gate_hidden (rows [gate; up]).
+
+    False when there is no fused tensor either (the key is missing), None when it is there but invalid.
+    """
+    match = re.fullmatch(r"(model\.layers\.\d+)\.(.+)", ms_key)
+    if not match or match.group(2) not in _FUSED or f"{match.group(1)}.{_FUSED[match.group(2)]}" not in named:
+        return False
+    key, leaf = f"{match.group(1)}.{_FUSED[match.group(2)]}", match.group(2)
+    used.add(key)
+    q_rows, kv_rows, ffn = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim, \
+        config.ffn_hidden_size
+    rows = q_rows + 2 * kv_rows if leaf.startswith("attention.") else 2 * ffn
+    if not problems.check(named[key], (rows, config.hidden_size)):
+        return None
+    fused = Virtual.whole(named[key])
+    if leaf == "attention.wq.weight":
+        return fused.rows(0, q_rows)
+    if leaf == "attention.wk_v.weight":
+        hd = config.head_dim
+        parts = []
+        for h in range(config.num_kv_heads):       # back to per-head [K_h; V_h] rows
+            parts += [fused.rows(q_rows + h * hd, q_rows + (h + 1) * hd),
+                      fused.rows(q_rows + kv_rows + h * hd, q_rows + kv_rows + (h + 1) * hd)]
+        return Virtual.concat(parts, (2 * kv_rows, config.hidden_size))
+    return fused.rows(0, ffn) if leaf == "feed_forward.w1.weight" else fused.rows(ffn, 2 * ffn)
+
+
+def hf_outputs(view: dict[str, Virtual], config, router: str = "router") -> list[tuple[str, Virtual]]:
+    """(HF key, tensor) in model order; experts unstacked; the router under `mlp.<router>.weight`."""
+    out = []
+    for entry in name_table(config):
+        tensor = view[entry.ms_key]
+        if entry.stack:
+            out += [(key, tensor.rows(e, e + 1, entry.hf_shape)) for e, key in enumerate(entry.hf_keys)]
+        else:
+            key = entry.hf_keys[0]
+            if router != "router" and key.endswith(".mlp.router.weight"):
+                key = key[: -len("router.weight")] + f"{router}.weight"
+            out.append((key, tensor))
+    return out
+
+
+def ms_outputs(view: dict[str, Virtual], config) -> list[tuple[str, Virtual]]:
+    return [(entry.ms_key, view[entry.ms_key]) for entry in name_table(config)]
