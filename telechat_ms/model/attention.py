@@ -49,7 +49,9 @@ class CoreAttention(nn.Cell):
         return self.pv(probs, v)                                                     # (B, N, Sq, D)
 
     def shard(self, parallel) -> None:
-        """Sharding strategies are set by telechat_ms.parallel (kept out of construct)."""
+        """Batch by dp, heads by mp; flash attention takes the same layout plus the mask by dp."""
+        from ..parallel.strategies import shard_cell   # pylint: disable=import-outside-toplevel
+        shard_cell(self, parallel)
 
 
 class Attention(nn.Cell):
@@ -86,4 +88,12 @@ class Attention(nn.Cell):
         return self.wo(context)
 
     def shard(self, parallel) -> None:
-        """Sharding strategies are set by telechat_ms.parallel (kept out of construct)."""
+        """query / key_value column-parallel over whole heads (the per-head interleaved key_value rows split
+        into whole (K_h, V_h) pairs when n_kv % mp == 0), dense row-parallel."""
+        from ..parallel.strategies import shard_cell   # pylint: disable=import-outside-toplevel
+        shard_cell(self, parallel)
+        self.wq.shard(parallel, "column")
+        self.wk_v.shard(parallel, "column")
+        self.wo.shard(parallel, "row")
+        self.rotary.shard(parallel)
+        self.core.shard(parallel)

@@ -43,7 +43,10 @@ class TelechatForCausalLM(nn.Cell):
         return self.loss(shift_logits, shift_labels, shift_mask) + aux
 
     def shard(self, parallel) -> None:
-        """Sharding strategies are set by telechat_ms.parallel (kept out of construct)."""
+        """Shard the whole model; lm_head is vocab-parallel like the loss that reads its logits."""
+        self.model.shard(parallel)
+        self.lm_head.shard(parallel, "head")
+        self.loss.shard(parallel)
 
     @classmethod
     def from_pretrained(cls, path: str, kernels: Kernels | None = None, **config_overrides):

@@ -51,7 +51,13 @@ class DecoderLayer(nn.Cell):
         return self.add_mlp(residual, self.mlp_dropout(out)), aux
 
     def shard(self, parallel) -> None:
-        """Sharding strategies are set by telechat_ms.parallel (kept out of construct)."""
+        """Residual adds on (dp, sp) tokens; sub-layers shard themselves."""
+        from ..parallel.strategies import shard_cell   # pylint: disable=import-outside-toplevel
+        shard_cell(self, parallel)
+        self.attention_norm.shard(parallel)
+        self.attention.shard(parallel)
+        self.ffn_norm.shard(parallel)
+        self.feed_forward.shard(parallel)
 
 
 class TelechatModel(nn.Cell):
@@ -87,7 +93,13 @@ class TelechatModel(nn.Cell):
         return self.norm_out(x), aux
 
     def shard(self, parallel) -> None:
-        """Sharding strategies are set by telechat_ms.parallel (kept out of construct)."""
+        """Embedding, layers and final norm; `self.rotary` only builds host tables (no primitive runs)."""
+        self.tok_embeddings.shard(parallel)
+        if self.embed_norm:
+            self.tok_embeddings_norm.shard(parallel)
+        for layer in self.layers:
+            layer.shard(parallel)
+        self.norm_out.shard(parallel)
 
 
 def causal_padding_mask(bsz: int, seq: int, attention_mask=None):
@@ -113,4 +125,6 @@ class Embedding(nn.Cell):
         return self.gather(self.embedding_weight, input_ids, 0)                       # (B, S, H)
 
     def shard(self, parallel) -> None:
-        """Sharding strategies are set by telechat_ms.parallel (kept out of construct)."""
+        """Table rows split by mp (vocab parallel) or replicated with vocab_emb_dp; ids by dp."""
+        from ..parallel.strategies import shard_cell   # pylint: disable=import-outside-toplevel
+        shard_cell(self, parallel)

@@ -33,5 +33,9 @@ class Linear(nn.Cell):
             y = self.bias_add(y, self.cast(self.bias, self.compute_dtype))
         return self.reshape(y, out_shape)                                               # (..., out)
 
-    def shard(self, parallel) -> None:
-        """Sharding strategies are set by telechat_ms.parallel (kept out of construct)."""
+    def shard(self, parallel, role: str = "replicated") -> None:
+        """Layout by role: "column" (out split by mp), "row" (in split by mp, reduced before the bias),
+        "head" (vocab split unless vocab_emb_dp), "replicated"; see telechat_ms/parallel/strategies.py."""
+        from ..parallel.strategies import shard_cell   # pylint: disable=import-outside-toplevel
+        self.parallel_role = role      # kept so the static validator can re-derive this cell's plan
+        shard_cell(self, parallel)

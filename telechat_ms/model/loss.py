@@ -42,4 +42,6 @@ class CausalLMLoss(nn.Cell):
         return self.sum(self.mul(nll, weight)) / self.maximum(self.sum(weight), 1.0)
 
     def shard(self, parallel) -> None:
-        """Sharding strategies are set by telechat_ms.parallel (kept out of construct)."""
+        """Rows by dp, vocab by mp (vocab-parallel logits) unless vocab_emb_dp."""
+        from ..parallel.strategies import shard_cell   # pylint: disable=import-outside-toplevel
+        shard_cell(self, parallel)

@@ -27,4 +27,9 @@ class MLP(nn.Cell):
         return self.w2(self.mul(self.silu(self.w1(x)), self.w3(x))), self.zero
 
     def shard(self, parallel) -> None:
-        """Sharding strategies are set by telechat_ms.parallel (kept out of construct)."""
+        """gate/up column-parallel, down row-parallel: one reduction per MLP, bias added after it."""
+        from ..parallel.strategies import shard_cell   # pylint: disable=import-outside-toplevel
+        shard_cell(self, parallel)
+        self.w1.shard(parallel, "column")
+        self.w3.shard(parallel, "column")
+        self.w2.shard(parallel, "row")

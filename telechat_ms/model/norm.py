@@ -40,4 +40,6 @@ class RMSNorm(nn.Cell):
         return self.mul_weight(normed, self.cast(self.weight, dtype))
 
     def shard(self, parallel) -> None:
-        """Sharding strategies are set by telechat_ms.parallel (kept out of construct)."""
+        """Tokens split (dp, sp): with sequence parallel the norm runs on a slice of the sequence."""
+        from ..parallel.strategies import shard_cell   # pylint: disable=import-outside-toplevel
+        shard_cell(self, parallel)

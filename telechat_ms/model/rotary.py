@@ -79,4 +79,6 @@ class RotaryEmbedding(nn.Cell):
         return self.add(self.mul_cos(x, cos), self.mul_sin(rotated, sin))
 
     def shard(self, parallel) -> None:
-        """Sharding strategies are set by telechat_ms.parallel (kept out of construct)."""
+        """(B, N, S, D) split (dp, mp) on batch and heads; the tables are replicated."""
+        from ..parallel.strategies import shard_cell   # pylint: disable=import-outside-toplevel
+        shard_cell(self, parallel)

@@ -1,0 +1,187 @@
+"""`telechat-ms plan`: judge a training layout (or search for one) before spending cluster time.
+
+    telechat-ms plan --model 115b --devices 512 --dp 8 --mp 8 --pp 8 --micro-batch-num 8 --seq-len 8192 --hbm-gb 64
+    telechat-ms plan --config yaml_configs/finetune_telechat2_35b.yaml
+    telechat-ms plan --model 35b --devices 16 --hbm-gb 57 --emit-yaml parallel_35b.yaml      (solver)
+
+Exit status: 0 the layout fits (and its strategies validate), 1 it does not fit / no layout fits,
+2 invalid configuration (the message names the field). Times and throughput are estimates.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import yaml
+
+from ..config.base import ConfigError, atomic_write_text
+from ..config.model import PRESETS, TelechatConfig
+from ..config.parallel import ParallelConfig
+from .memory import Hardware, Workload, model_flops_per_token
+from .planner import Plan, closest, evaluate, solve
+from . import run_yaml
+
+
+def _counts(text: str | None):
+    """"full"/"true" -> True, "none"/"false" -> False, "3,0" -> [3, 0], "1,1;0,2" -> [[1, 1], [0, 2]]."""
+    if text is None:
+        return None
+    low = text.strip().lower()
+    if low in ("full", "true", "all"):
+        return True
+    if low in ("none", "false", "off", ""):
+        return False
+    rows = [[int(x) for x in row.split(",")] for row in low.split(";")]
+    return rows[0] if len(rows) == 1 else rows
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="telechat-ms plan", description=__doc__.split("\n")[0])
+    p.add_argument("--model", choices=sorted(PRESETS), help="preset name")
+    p.add_argument("--config", help="a run yaml (yaml_configs/...): model, layout, HBM limit, batch from it")
+    p.add_argument("--devices", type=int, help="total devices (default dp*mp*pp)")
+    for flag in ("dp", "mp", "pp", "ep"):
+        p.add_argument(f"--{flag}", type=int)
+    p.add_argument("--micro-batch-num", type=int)
+    p.add_argument("--micro-batch-size", type=int, help="sequences per device per micro-batch (default 1)")
+    p.add_argument("--seq-len", type=int)
+    p.add_argument("--hbm-gb", type=float, help="memory limit per device (default: yaml max_device_memory or 64)")
+    p.add_argument("--recompute", help="full | none | per-stage counts '3,0'")
+    p.add_argument("--select-recompute", help="full | none | per-stage counts")
+    p.add_argument("--select-comm-recompute", help="full | none | per-stage counts")
+    p.add_argument("--offset", help="per-stage layer offsets '-1,1,1,-1' (';' between interleave chunks)")
+    p.add_argument("--interleave", type=int, help="pp_interleave_num")
+    p.add_argument("--no-seq-parallel", action="store_true")
+    p.add_argument("--vocab-emb-dp", action="store_true")
+    p.add_argument("--no-parallel-optimizer", action="store_true")
+    p.add_argument("--shard-size", type=int, help="optimizer_weight_shard_size")
+    p.add_argument("--no-ep-extend-tp", action="store_true")
+    p.add_argument("--no-flash", action="store_true", help="plain attention (scores stored)")
+    p.add_argument("--amp-o2", action="store_true", help="16-bit params with an fp32 master copy")
+    p.add_argument("--peak-tflops", type=float, default=Hardware.peak_tflops)
+    p.add_argument("--efficiency", type=float, default=Hardware.efficiency, help="assumed fraction of peak")
+    p.add_argument("--reserve-gb", type=float, default=Hardware.reserve_gb)
+    p.add_argument("--no-validate", action="store_true", help="skip the static strategy validation")
+    p.add_argument("--emit-yaml", help="write the plan's parallel sections (mindformers format) here")
+    return p
+
+
+def _model(args, run):
+    if run is not None:
+        return run_yaml.model_config_of(run, args.config)
+    return TelechatConfig.preset(args.model or "7b", compute_dtype="bfloat16")
+
+
+def _explicit_layout(args, run, config) -> ParallelConfig | None:
+    """The layout to evaluate, or None to solve: no yaml, and --devices given without all of dp/mp/pp
+    (those given are then held fixed by the solver)."""
+    given = [x for x in (args.dp, args.mp, args.pp) if x]
+    if run is None and (not given or (args.devices and len(given) < 3)):
+        return None
+    base = run_yaml.parallel_config_of(run, args.config) if run is not None else ParallelConfig(
+        use_seq_parallel=not args.no_seq_parallel and (args.mp or 1) > 1, vocab_emb_dp=args.vocab_emb_dp,
+        enable_parallel_optimizer=not args.no_parallel_optimizer and (args.dp or 1) > 1,
+        ep_extend_tp=config.is_moe and not args.no_ep_extend_tp)
+    changes = {k: v for k, v in {
+        "data_parallel": args.dp, "model_parallel": args.mp, "pipeline_stage": args.pp, "expert_parallel": args.ep,
+        "micro_batch_num": args.micro_batch_num, "recompute": _counts(args.recompute),
+        "select_recompute": _counts(args.select_recompute),
+        "select_comm_recompute": _counts(args.select_comm_recompute), "offset": _counts(args.offset),
+        "pp_interleave_num": args.interleave, "optimizer_weight_shard_size": args.shard_size}.items()
+        if v is not None}
+    if "offset" in changes and isinstance(changes["offset"], bool):
+        changes["offset"] = 0
+    if run is None and "micro_batch_num" not in changes and (args.pp or 1) > 1:
+        changes["micro_batch_num"] = 4 * args.pp
+    return base.replace(**changes)
+
+
+def _settings(args, run):
+    seq = args.seq_len or (run_yaml.model_config_of(run).seq_length if run is not None else 8192)
+    mbs = args.micro_batch_size or (run_yaml.micro_batch_size(run) if run is not None else 1)
+    hbm = args.hbm_gb or (run_yaml.max_device_memory_gb(run) if run is not None else None) or 64.0
+    work = Workload(seq_len=seq, micro_batch_size=mbs, flash_attention=not args.no_flash, amp_o2=args.amp_o2)
+    hw = Hardware(hbm_gb=hbm, reserve_gb=args.reserve_gb, peak_tflops=args.peak_tflops, efficiency=args.efficiency)
+    return work, hw
+
+
+def format_plan(config, plan: Plan, work: Workload, hw: Hardware) -> str:
+    e, par = plan.estimate, plan.parallel
+    lines = [f"layout {par.describe()}: offset {par.offset}, recompute {par.recompute}, select_recompute "
+             f"{par.select_recompute}, select_comm_recompute {par.select_comm_recompute}",
+             f"{'stage':>5} {'layers':>6} {'full_rc':>7} {'sel_rc':>6} {'params':>8} {'states':>7} {'activ':>7} "
+             f"{'edge':>6} {'total':>7} {'est_ms':>7}"]
+    for s in e.stages:
+        lines.append(f"{s.stage:5d} {s.layers:6d} {s.full_recompute:7d} {s.select_recompute:6d} {s.params / 1e9:7.2f}B "
+                     f"{s.states_gb:6.1f}G {s.activations_gb:6.1f}G {s.edge_gb:5.1f}G {s.total_gb:6.1f}G "
+                     f"{s.time_s * 1e3:7.0f}")
+    mfu = model_flops_per_token(config, work.seq_len) * e.tokens_per_device_s / (hw.peak_tflops * 1e12)
+    lines.append(f"peak {e.peak_gb:.1f} GB of {hw.hbm_gb:.1f} GB (incl. {hw.reserve_gb:.1f} GB reserve): "
+                 f"{'FITS' if e.fits else 'DOES NOT FIT'}")
+    lines.append(f"estimate (peak {hw.peak_tflops:.0f} TFLOPS x efficiency {hw.efficiency} assumed): step "
+                 f"{e.step_time_s:.2f} s, {e.tokens_per_device_s:.0f} tokens/s/device, MFU {mfu:.0%}, slowest stage "
+                 f"{e.imbalance():+.1%} vs mean")
+    return "\n".join(lines)
+
+
+def emit_yaml(path: str, plan: Plan, hw: Hardware, config) -> None:
+    par = plan.parallel
+    sections = par.to_run_config(moe=config.is_moe)
+    sections["context"] = {"max_device_memory": f"{hw.hbm_gb:g}GB"}
+    header = (f"# devices: {par.device_num} -- {par.describe()}, written by `telechat-ms plan` for "
+              f"{config.num_layers} layers; peak {plan.estimate.peak_gb:.1f} GB (estimate).\n"
+              "# Merge into a run yaml (mindformers `base_config`), e.g. base_config: [finetune_telechat2_35b.yaml]\n")
+    atomic_write_text(path, header + yaml.safe_dump(sections, sort_keys=False))
+
+
+def _validate(config, par: ParallelConfig, work: Workload) -> str:
+    from ..model import Kernels   # pylint: disable=import-outside-toplevel
+    from .validate import build_abstract_model, validate   # pylint: disable=import-outside-toplevel
+    model = build_abstract_model(config, Kernels.for_device("Ascend"))
+    model.shard(par)
+    batch = par.data_parallel * work.micro_batch_size * par.micro_batch_num
+    report = validate(model, par, batch, work.seq_len)
+    return f"static validation (Ascend kernels): {len(report.ops)} sharded ops valid for batch {batch}, seq {work.seq_len}"
+
+
+def run(args) -> int:
+    run_cfg = run_yaml.load_run_yaml(args.config) if args.config else None
+    config = _model(args, run_cfg)
+    work, hw = _settings(args, run_cfg)
+    layout = _explicit_layout(args, run_cfg, config)
+    if layout is not None:
+        if args.devices and args.devices != layout.device_num:
+            raise ConfigError(f"--devices {args.devices} != dp*mp*pp = {layout.device_num}")
+        plan = evaluate(config, layout, work, hw)
+    else:
+        fixed = {"dp": args.dp, "mp": args.mp, "pp": args.pp, "ep": args.ep, "micro_batch_num": args.micro_batch_num, "seq_parallel": not args.no_seq_parallel,
+                 "parallel_optimizer": not args.no_parallel_optimizer, "ep_extend_tp": not args.no_ep_extend_tp}
+        plans = solve(config, args.devices or 8, work, hw, fixed)
+        if not plans:
+            near = closest(config, args.devices or 8, work, hw, fixed)
+            hint = f"; closest: {near.parallel.describe()} with full recompute needs {near.estimate.peak_gb:.1f} GB" \
+                if near else ""
+            print(f"no layout of {args.devices or 8} devices fits {hw.hbm_gb:g} GB for this model{hint}")
+            return 1
+        print("best layouts (estimated tokens/s/device):")
+        for p in plans:
+            print(f"  {p.parallel.describe():45} {p.estimate.tokens_per_device_s:7.0f}  peak {p.estimate.peak_gb:.1f} GB")
+        plan = plans[0]
+    print(f"TeleChat2 {config.num_parameters() / 1e9:.2f}B params, seq {work.seq_len}, micro batch "
+          f"{work.micro_batch_size}")
+    print(format_plan(config, plan, work, hw))
+    if not args.no_validate:
+        print(_validate(config, plan.parallel, work))
+    if args.emit_yaml:
+        emit_yaml(args.emit_yaml, plan, hw, config)
+        print(f"wrote {args.emit_yaml}")
+    return 0 if plan.estimate.fits else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return run(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

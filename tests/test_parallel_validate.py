@@ -1,0 +1,214 @@
+"""Static strategy validation: a matrix of tiny layouts over 1-64 devices passes or fails exactly where
+divisibility says (and names the field); real-size presets validate without allocating their weights."""
+import itertools
+
+import numpy as np
+import pytest
+
+from telechat_ms import ConfigError, TelechatConfig
+from telechat_ms.config.parallel import ParallelConfig
+from telechat_ms.model import Kernels
+from telechat_ms.parallel.moe_layout import shard_moe
+from telechat_ms.parallel.rules import StrategyError
+from telechat_ms.parallel.shapes import ShapeContext
+from telechat_ms.parallel.validate import build_abstract_model, check_ops, validate
+
+SEQ = 24          # divisible by 1..8 but not by 16: sequence parallel with mp 16 must fail on the sequence
+# Each size fails alone somewhere in the matrix: "wide" (16 heads, ffn 96) fails mp 16 only on the sequence
+# and mp 8/16 on the vocabulary 500 (vocab-parallel); "odd" (8 heads) fails mp 8 only on ffn 100.
+SMALL = dict(hidden_size=64, num_layers=4, training_seqlen=32, base_seqlen=32, seq_length=64)
+CUSTOM = {"wide": dict(SMALL, vocab_size=500, num_heads=16, num_kv_heads=16, ffn_hidden_size=96),
+          "odd": dict(SMALL, vocab_size=512, num_heads=8, num_kv_heads=8, ffn_hidden_size=100)}
+_MODELS = {}
+
+
+def model_for(name):
+    """One abstract model per config, re-sharded for every layout (shard() overwrites strategies)."""
+    if name not in _MODELS:
+        config = TelechatConfig(**CUSTOM[name]) if name in CUSTOM else TelechatConfig.preset(name)
+        _MODELS[name] = build_abstract_model(config)
+    return _MODELS[name]
+
+
+def shard(model, par):
+    model.shard(par)
+    for layer in model.model.layers:
+        if model.config.is_moe:          # until MoE.shard is wired to shard_moe (harmless afterwards)
+            shard_moe(layer.feed_forward, par)
+
+
+def expected_failures(config, par, batch, seq):
+    """Independent arithmetic: {field} that must make this layout fail (empty: must pass)."""
+    dp, mp, pp, ep = par.data_parallel, par.model_parallel, par.pipeline_stage, par.expert_parallel
+    fails = set()
+    if config.num_heads % mp or config.num_kv_heads % mp:
+        fails.add("model_parallel")
+    ffn_split = 1 if (config.is_moe and par.ep_extend_tp) else mp
+    if config.ffn_hidden_size % ffn_split or (not par.vocab_emb_dp and config.vocab_size % mp):
+        fails.add("model_parallel")
+    if par.use_seq_parallel and seq % mp:
+        fails.add("use_seq_parallel")
+    if seq % mp:
+        # attention's one Transpose also turns the context back, splitting its sequence axis by mp
+        fails.add("model_parallel")
+    if config.num_layers < pp:
+        fails.add("pipeline_stage")
+    if batch % (dp * par.micro_batch_num):
+        fails.add("data_parallel")
+    if config.is_moe:
+        ep_inner = ep * mp if par.ep_extend_tp else ep
+        if dp % ep or config.num_experts % ep_inner:
+            fails.add("expert_parallel")
+    elif ep > 1:
+        fails.add("expert_parallel")
+    return fails
+
+
+def dense_layouts():
+    for devices in (1, 2, 4, 8, 16, 32, 64):
+        for mp, pp in itertools.product((1, 2, 4, 8, 16), (1, 2, 4)):
+            if devices % (mp * pp) == 0:
+                yield devices // (mp * pp), mp, pp
+
+
+def run_case(name, par, batch, seq=SEQ):
+    model = model_for(name)
+    want = expected_failures(model.config, par, batch, seq)
+    try:
+        shard(model, par)
+        validate(model, par, batch, seq)
+    except ConfigError as exc:
+        assert want, f"{name} {par.describe()} failed unexpectedly: {exc}"
+        assert any(field in str(exc) for field in want), f"{exc} names none of {want}"
+        return False
+    assert not want, f"{name} {par.describe()} passed but must fail on {want}"
+    return True
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny_gqa", "wide", "odd"])
+def test_dense_matrix_1_to_64_devices(name):
+    outcomes = []
+    for dp, mp, pp in dense_layouts():
+        for sp, vocab_dp in itertools.product((False, True), (True, False)):
+            par = ParallelConfig(data_parallel=dp, model_parallel=mp, pipeline_stage=pp, micro_batch_num=pp,
+                                 use_seq_parallel=sp, vocab_emb_dp=vocab_dp)
+            outcomes.append(run_case(name, par, batch=dp * pp * 2))
+    assert any(outcomes) and not all(outcomes)     # the matrix has both kinds
+
+
+def test_moe_matrix():
+    outcomes = []
+    for dp, mp, ep, ext in itertools.product((1, 2, 4, 8), (1, 2, 4), (1, 2, 4), (False, True)):
+        par = ParallelConfig(data_parallel=dp, model_parallel=mp, expert_parallel=ep, ep_extend_tp=ext,
+                             use_seq_parallel=mp > 1, vocab_emb_dp=False)
+        outcomes.append(run_case("tiny_moe", par, batch=dp))
+    assert any(outcomes) and not all(outcomes)
+
+
+@pytest.mark.parametrize("batch,field", [(6, "data_parallel"), (4, "data_parallel")])
+def test_batch_must_divide_by_dp_times_micro_batches(batch, field):
+    par = ParallelConfig(data_parallel=2, pipeline_stage=2, micro_batch_num=4)
+    with pytest.raises(StrategyError, match=field):
+        run_validate("tiny", par, batch)
+
+
+def run_validate(name, par, batch, seq=SEQ):
+    model = model_for(name)
+    shard(model, par)
+    return validate(model, par, batch, seq)
+
+
+def test_micro_batch_num_below_pipeline_stage_names_both_fields():
+    with pytest.raises(ConfigError, match=r"micro_batch_num \(1\) must be >= pipeline_stage \(2\)"):
+        ParallelConfig(pipeline_stage=2, micro_batch_num=1)
+
+
+@pytest.mark.parametrize("changes,seq", [
+    ({"model_parallel": 8}, SEQ),                                # heads 4 by mp 8
+    ({"model_parallel": 4, "use_seq_parallel": True}, 18),       # sequence 18 by mp 4
+    ({"model_parallel": 2, "vocab_emb_dp": False}, SEQ),         # passes: control
+])
+def test_op_level_walk_catches_shape_failures_without_the_layout_checks(changes, seq):
+    """The per-op checks alone (no config-level shortcut) reject what divisibility rejects."""
+    model = model_for("tiny_gqa")
+    par = ParallelConfig(**changes)
+    shard(model, par)
+    ctx = ShapeContext(batch=2, seq_len=seq)
+    if expected_failures(model.config, par, 2, seq):
+        with pytest.raises(StrategyError) as err:
+            check_ops(model, par, ctx)
+        assert "not divisible" in str(err.value) and "model_parallel" in str(err.value)
+    else:
+        assert check_ops(model, par, ctx)
+
+
+def test_error_names_op_dimension_and_numbers():
+    model = model_for("tiny_gqa")
+    par = ParallelConfig(model_parallel=4)               # kv heads 2 by mp 4
+    shard(model, par)
+    with pytest.raises(StrategyError) as err:
+        check_ops(model, par, ShapeContext(batch=2, seq_len=SEQ))
+    text = str(err.value)
+    assert err.value.op.startswith("model.layers.0.attention")
+    assert "num_kv_heads=2" in text and "split 4 from model_parallel" in text
+
+
+def test_unsharded_model_and_stray_strategies_are_refused():
+    fresh = build_abstract_model(TelechatConfig.preset("tiny"))
+    with pytest.raises(StrategyError, match="not sharded|no strategy"):
+        validate(fresh, ParallelConfig(), 2, SEQ)
+    fresh.shard(ParallelConfig(data_parallel=2))
+    with pytest.raises(StrategyError, match="differs from the plan"):
+        validate(fresh, ParallelConfig(data_parallel=2, model_parallel=2), 4, SEQ)
+    fresh.shard(ParallelConfig())
+    fresh.model.layers[0].attention.core.cast.shard(((1, 1, 1, 1),))
+    with pytest.raises(StrategyError, match="core.cast: carries a strategy"):
+        validate(fresh, ParallelConfig(), 2, SEQ)
+
+
+def test_report_lists_every_sharded_op_with_stage():
+    par = ParallelConfig(data_parallel=2, model_parallel=2, pipeline_stage=2, micro_batch_num=2,
+                         use_seq_parallel=True, vocab_emb_dp=False)
+    report = run_validate("tiny", par, batch=4)
+    paths = {op.path for op in report.ops}
+    assert "model.layers.0.attention.wo.matmul" in paths and "loss.gather_d" in paths
+    stages = {op.path: op.stage for op in report.ops}
+    assert stages["model.tok_embeddings.gather"] == 0 and stages["model.layers.1.add_mlp"] == 1
+    assert stages["lm_head.matmul"] == 1
+    wo = next(op for op in report.ops if op.path == "model.layers.0.attention.wo.matmul")
+    assert wo.strategy == ((2, 2), (1, 2)) and wo.out_strategy == ((4, 1),) and wo.devices == 4
+    assert "sharded ops valid" in report.to_text()
+
+
+def _rss_mb():
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS")) / 1024
+
+
+@pytest.mark.parametrize("kernels", ["plain", "Ascend"])
+def test_115b_validates_without_allocating_weights(kernels):
+    before = _rss_mb()
+    model = build_abstract_model(TelechatConfig.preset("115b"), Kernels.for_device("Ascend") if kernels == "Ascend"
+                                 else Kernels.plain())
+    par = ParallelConfig(data_parallel=8, model_parallel=8, pipeline_stage=8, micro_batch_num=8,
+                         use_seq_parallel=True, vocab_emb_dp=False)
+    model.shard(par)
+    report = validate(model, par, batch=64, seq_len=8192)
+    assert len(report.ops) > 1000
+    assert model.lm_head.weight.has_init                 # never materialised (453 GB in fp32)
+    assert _rss_mb() - before < 1500
+    if kernels == "Ascend":
+        flash = next(op for op in report.ops if op.kind == "FlashAttentionScore")
+        assert flash.strategy == ((8, 8, 1, 1),) * 3 + ((8, 1, 1, 1),)
+
+
+def test_moe_capacity_is_rounded_for_the_slot_split():
+    model = model_for("tiny_moe")
+    par = ParallelConfig(data_parallel=8, expert_parallel=2, model_parallel=2, ep_extend_tp=True,
+                         use_seq_parallel=True, vocab_emb_dp=False)
+    shard(model, par)
+    assert model.model.layers[0].feed_forward.capacity_multiple == 4        # dp / ep
+    report = validate(model, par, batch=8, seq_len=SEQ)
+    bmm = next(op for op in report.ops if op.path.endswith("feed_forward.ffn.w1.bmm"))
+    assert bmm.strategy == ((4, 4, 1), (4, 1, 1)) and bmm.devices == 16     # (ep'=ep*mp, slot, mp'=1)
+    assert int(np.prod(bmm.strategy[0])) == par.stage_device_num

@@ -1,0 +1,160 @@
+"""Planner: the official layouts fit under their max_device_memory with their recompute settings, clearly
+infeasible ones are rejected, and the solver finds balanced layouts that validate and fit."""
+import os
+
+import pytest
+import yaml
+
+from telechat_ms import TelechatConfig
+from telechat_ms.config.parallel import ParallelConfig
+from telechat_ms.model import Kernels
+from telechat_ms.parallel.memory import Hardware, Workload
+from telechat_ms.parallel.moe_layout import shard_moe
+from telechat_ms.parallel.plan_cli import main
+from telechat_ms.parallel.planner import evaluate, solve
+from telechat_ms.parallel.validate import build_abstract_model, validate
+
+WORK = Workload(seq_len=8192, micro_batch_size=1)       # every official finetune: seq 8192, batch 1 per device
+BALANCE = 0.10      # solver promise: slowest stage within 10 % of the mean stage time
+
+
+def model(size):
+    return TelechatConfig.preset(size, compute_dtype="bfloat16")   # official: bf16 compute, fp32 params
+
+
+def fits(size, par, hbm):
+    return evaluate(model(size), par, WORK, Hardware(hbm_gb=hbm)).estimate
+
+
+# ----------------------------------------------------------------------------- official layouts (spec §8)
+def test_official_7b_dp8_fits_58gb_with_full_recompute():
+    # 7.62B params, parallel optimizer over dp 8: weights 3.8 + AdamW 7.6 + reduce-scattered grads 3.8 GB;
+    # full recompute keeps only each layer's input (30 x 64 MB); the fp32 logits of 8192 x 131072 dominate.
+    par = ParallelConfig(data_parallel=8, use_seq_parallel=True, recompute=True, enable_parallel_optimizer=True,
+                         vocab_emb_dp=False)
+    est = fits("7b", par, 58)
+    assert est.fits and 25 < est.peak_gb < 58
+    # the same layout without recompute stores ~1.3 GB per layer (40 GB): over the limit, which is why the
+    # official yaml recomputes
+    assert not fits("7b", par.replace(recompute=False), 58).fits
+
+
+def test_official_35b_mp4_pp4_fits_57gb():
+    # dp 1 -> no optimizer sharding: 16 B/param x 2.25B params on a 17-layer stage = 36 GB of states;
+    # full recompute: 3-4 micro-batches in flight x 17 layer inputs of 25 MB; edges on stage 0 / 3.
+    par = ParallelConfig(model_parallel=4, pipeline_stage=4, micro_batch_num=32, use_seq_parallel=True,
+                         recompute=True, offset=[-1, 1, 1, -1], enable_parallel_optimizer=True, vocab_emb_dp=False)
+    est = fits("35b", par, 57)
+    assert est.fits and [s.layers for s in est.stages] == [15, 17, 17, 15]
+
+
+def test_official_115b_dp8_mp8_pp8_fits_54_5gb_with_select_recompute():
+    # 13-layer stages hold 1.9B params (10 GB of states with grads accumulated in fp32); 3 interleaved
+    # chunks keep up to 8 micro-batches x 13 layers of activations: select recompute (SwiGLU product) and
+    # select-comm recompute (norm outputs) bring a layer from 470 MB to ~275 MB per micro-batch.
+    par = ParallelConfig(data_parallel=8, model_parallel=8, pipeline_stage=8, micro_batch_num=8,
+                         use_seq_parallel=True, select_recompute=True, select_comm_recompute=[8, 8, 10, 11, 10, 7, 5, 4],
+                         pp_interleave_num=3, enable_parallel_optimizer=True, vocab_emb_dp=False,
+                         offset=[[-1, -1, 0, 0, 0, 0, 0, 0], [-1, 0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 1, 1, 1, 1, -1]])
+    est = fits("115b", par, 54.5)
+    assert est.fits
+    assert not fits("115b", par.replace(select_recompute=False, select_comm_recompute=False), 54.5).fits
+
+
+def test_official_39b_a12b_fits_53gb():
+    # experts split over ep' = ep x mp = 8 (ep_extend_tp): 2 of 16 experts per device; parallel optimizer
+    # shard size 2; stage 0 holds 2 micro-batches in flight, so the official run recomputes 3 of its layers.
+    par = ParallelConfig(data_parallel=128, model_parallel=4, pipeline_stage=2, expert_parallel=2, ep_extend_tp=True,
+                         micro_batch_num=4, use_seq_parallel=True, recompute=[3, 0], enable_parallel_optimizer=True,
+                         optimizer_weight_shard_size=2, vocab_emb_dp=False)
+    est = fits("39b_a12b", par, 53)
+    assert est.fits and est.stages[0].full_recompute == 3
+
+
+def test_infeasible_115b_on_8_devices():
+    # 113B params x 16 B (fp32 weights, grads, AdamW m and v) / 8 devices = 226 GB per device before any
+    # activation: no dp/mp/pp split of 8 devices can fit 64 GB, whatever the recompute.
+    assert solve(model("115b"), 8, WORK, Hardware(hbm_gb=64)) == []
+    assert not fits("115b", ParallelConfig(model_parallel=8, use_seq_parallel=True, recompute=True), 64).fits
+
+
+def test_infeasible_35b_without_pipeline_on_8_devices():
+    # without pp every device holds 1/8 of 35.4B params x 16 B = 71 GB of states (mp splits weights,
+    # the parallel optimizer splits over dp: the product is 8 either way) > 64 GB.
+    assert solve(model("35b"), 8, WORK, Hardware(hbm_gb=64), {"pp": 1}) == []
+    for dp, mp in ((8, 1), (2, 4), (1, 8)):
+        par = ParallelConfig(data_parallel=dp, model_parallel=mp, use_seq_parallel=mp > 1, recompute=True,
+                             enable_parallel_optimizer=dp > 1, vocab_emb_dp=mp == 1)
+        assert fits("35b", par, 64).peak_gb > 64
+
+
+# ----------------------------------------------------------------------------- solver
+def _validate(size, par):
+    net = build_abstract_model(model(size), Kernels.for_device("Ascend"))
+    net.shard(par)
+    if net.config.is_moe:
+        for layer in net.model.layers:
+            shard_moe(layer.feed_forward, par)
+    return validate(net, par, par.data_parallel * par.micro_batch_num, 8192)
+
+
+@pytest.mark.parametrize("size,devices,hbm", [("35b", 16, 57), ("115b", 512, 54.5)])
+def test_solver_output_validates_fits_and_is_balanced(size, devices, hbm):
+    plans = solve(model(size), devices, WORK, Hardware(hbm_gb=hbm))
+    assert plans
+    best = plans[0]
+    assert best.parallel.device_num == devices and best.estimate.fits
+    assert best.estimate.imbalance() <= BALANCE
+    assert sum(s.layers for s in best.estimate.stages) == model(size).num_layers
+    assert _validate(size, best.parallel).ops
+    speeds = [p.estimate.tokens_per_device_s for p in plans]
+    assert speeds == sorted(speeds, reverse=True)
+
+
+def test_solver_gives_the_first_stage_fewer_layers_or_more_recompute():
+    """1F1B: stage 0 holds pp micro-batches of activations, the last stage one plus the logits."""
+    plan = solve(model("35b"), 16, WORK, Hardware(hbm_gb=57), {"mp": 4, "pp": 4})[0]
+    first, last = plan.estimate.stages[0], plan.estimate.stages[-1]
+    assert (first.layers, -first.full_recompute) <= (last.layers, -last.full_recompute)
+
+
+def test_memory_model_monotonic():
+    base = ParallelConfig(data_parallel=8, use_seq_parallel=False, enable_parallel_optimizer=True, vocab_emb_dp=True)
+    plain = fits("7b", base, 64).peak_gb
+    assert fits("7b", base.replace(recompute=True), 64).peak_gb < plain
+    assert fits("7b", base.replace(select_recompute=True), 64).peak_gb < plain
+    assert fits("7b", base.replace(enable_parallel_optimizer=False), 64).peak_gb > plain
+    no_flash = evaluate(model("7b"), base, Workload(flash_attention=False), Hardware()).estimate.peak_gb
+    assert no_flash > plain
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_cli_example_from_the_issue_fits(capsys):
+    rc = main("--model 115b --devices 512 --dp 8 --mp 8 --pp 8 --micro-batch-num 8 --seq-len 8192 "
+              "--hbm-gb 64 --no-validate".split())
+    out = capsys.readouterr().out
+    assert rc == 0 and "FITS" in out and "est_ms" in out and out.count("\n    ") >= 8
+
+
+def test_cli_exit_codes(capsys):
+    assert main("--model 115b --devices 8 --hbm-gb 64".split()) == 1            # no layout fits
+    assert main("--model 115b --dp 1 --mp 8 --pp 1 --no-validate".split()) == 1
+    assert main("--model 35b --dp 1 --mp 6 --pp 1".split()) == 2                # ffn 20480 by mp 6
+    err = capsys.readouterr().err
+    assert "ffn_hidden_size (20480)" in err and "model_parallel" in err
+    assert main("--model 7b --dp 2 --pp 2 --micro-batch-num 1".split()) == 2    # mbn < pp
+
+
+def test_cli_reads_a_shipped_yaml():
+    path = os.path.join(os.path.dirname(__file__), "..", "yaml_configs", "finetune_telechat2_35b.yaml")
+    assert main(["--config", path, "--no-validate"]) == 0
+
+
+def test_cli_solver_emits_a_mergeable_yaml(tmp_path, capsys):
+    out = tmp_path / "parallel.yaml"
+    assert main(f"--model 35b --devices 16 --hbm-gb 57 --no-validate --emit-yaml {out}".split()) == 0
+    text = out.read_text()
+    assert text.startswith("# devices: 16")
+    emitted = ParallelConfig.from_run_config(yaml.safe_load(text))
+    assert emitted.device_num == 16
+    assert "moe_config" not in yaml.safe_load(text)
