@@ -1,7 +1,7 @@
 """`telechat-ms` command line: one entry, subcommands by concern.
 
 Subcommands: `info` (presets and parameter counts), `forward` (build a model and run one forward pass),
-`convert` (hf2ms / ms2hf / mf2ms, docs/convert.md), `preprocess` (jsonl -> MindRecord, docs/data.md).
+`convert` (hf2ms / ms2hf / mf2ms, docs/convert.md), `plan` (docs/parallel.md), `preprocess` (jsonl -> MindRecord, docs/data.md).
 Exit codes: 0 ok, 2 bad input.
 """
 from __future__ import annotations
@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                           add_help=False)
     conv.add_argument("direction", choices=("hf2ms", "ms2hf", "mf2ms"))
     conv.set_defaults(func=None)
+    sub.add_parser("plan", help="memory/time plan and solver for a parallel layout (docs/parallel.md)",
+                   add_help=False)
     sub.add_parser("preprocess", help="jsonl (official or mindformers format) -> packed MindRecord (docs/data.md)",
                    add_help=False)
     return parser
@@ -80,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["plan"]:
+        from .parallel.plan_cli import main as plan_main
+        return plan_main(argv[1:])
     if argv[:1] == ["preprocess"]:
         from .data.preprocess import main as preprocess_main
         return preprocess_main(argv[1:])

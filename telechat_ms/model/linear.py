@@ -13,7 +13,8 @@ class Linear(nn.Cell):
                  param_dtype=ms.float32, init_std: float = 0.02):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        # initializer() is lazy: nothing is allocated until the parameter is used (static checks of 115B)
+        # initializer() defers allocation only inside mindspore.nn.utils.no_init_parameters() (used by the
+        # static validator for real sizes); otherwise the weights are drawn here
         self.weight = Parameter(initializer(Normal(init_std), (out_features, in_features), param_dtype),
                                 name="weight")
         self.has_bias = has_bias

@@ -72,7 +72,7 @@ class Router(nn.Cell):
         return logits, probs, weights, self.cast(experts, ms.int32)
 
     def shard(self, parallel) -> None:
-        """Sharding strategies are set by telechat_ms.parallel (kept out of construct)."""
+        """Set by the parent MoE cell: telechat_ms.parallel.moe_layout.shard_moe covers every sub-cell."""
 
 
 class ExpertLinear(nn.Cell):
@@ -102,7 +102,7 @@ class ExpertLinear(nn.Cell):
         return y
 
     def shard(self, parallel) -> None:
-        """Sharding strategies are set by telechat_ms.parallel (kept out of construct)."""
+        """Set by the parent MoE cell: telechat_ms.parallel.moe_layout.shard_moe covers every sub-cell."""
 
 
 class Experts(nn.Cell):
@@ -122,7 +122,7 @@ class Experts(nn.Cell):
         return self.w2(self.mul(self.silu(self.w1(x)), self.w3(x)))
 
     def shard(self, parallel) -> None:
-        """Sharding strategies are set by telechat_ms.parallel (kept out of construct)."""
+        """Set by the parent MoE cell: telechat_ms.parallel.moe_layout.shard_moe covers every sub-cell."""
 
 
 class MoE(nn.Cell):
@@ -261,4 +261,6 @@ class MoE(nn.Cell):
         return aux
 
     def shard(self, parallel) -> None:
-        """Sharding strategies are set by telechat_ms.parallel (kept out of construct)."""
+        """Experts by ep' (ep*mp with ep_extend_tp), tokens by dp'; see telechat_ms/parallel/moe_layout.py."""
+        from ..parallel.moe_layout import shard_moe   # pylint: disable=import-outside-toplevel
+        shard_moe(self, parallel)
