@@ -9,6 +9,7 @@ from mindspore.ops.operations.nn_ops import FlashAttentionScore
 
 from .dtypes import to_ms_dtype
 from .kernels import Kernels
+from .kv_cache import KVCache
 from .linear import Linear
 from .rotary import RotaryEmbedding
 
@@ -70,20 +71,41 @@ class Attention(nn.Cell):
         self.core = CoreAttention(config.num_heads, config.head_dim, config.attention_dropout, kernels)
         self.reshape = ops.Reshape()
         self.transpose = ops.Transpose()
+        self.transpose_back = ops.Transpose()      # context (B, N, S, D) -> (B, S, N, D), sharded by heads
+        self.kv_cache = None                       # set by enable_kv_cache() for incremental decoding
+        self.cache_shape = (config.num_kv_heads, config.head_dim, compute)
 
-    def construct(self, x, cos, sin, mask):
+    def enable_kv_cache(self, batch: int, max_len: int) -> None:
+        """Attach a (batch, n_kv, max_len, head_dim) cache; reused when the shape is unchanged."""
+        heads, dim, dtype = self.cache_shape
+        if self.kv_cache is None or self.kv_cache.key_cache.shape != (batch, heads, max_len, dim):
+            self.kv_cache = KVCache(batch, heads, max_len, dim, dtype)
+            # attached after the model was built: name the buffers after this layer (unique per model)
+            prefix = self.wq.weight.name[: -len("wq.weight")] + "kv_cache."           # model.layers.{i}.attention.
+            self.kv_cache.key_cache.name = prefix + "key_cache"
+            self.kv_cache.value_cache.name = prefix + "value_cache"
+
+    def construct(self, x, rope, mask, placement=None):
+        """x (B, S, H); rope = (cos_q, sin_q, cos_k, sin_k), each (S, D) or per token (B, 1, S, D);
+        mask (B, 1, S, S_k) True = masked; placement (S, max_len) only for cached decoding."""
+        cos_q, sin_q, cos_k, sin_k = rope
         bsz, seq, _ = x.shape
         q = self.reshape(self.wq(x), (bsz, seq, self.num_heads, self.head_dim))
         q = self.transpose(q, (0, 2, 1, 3))                                          # (B, N, S, D)
         kv = self.reshape(self.wk_v(x), (bsz, seq, self.num_kv_heads, 2 * self.head_dim))  # per-head [K_h|V_h]
         k = self.transpose(kv[..., :self.head_dim], (0, 2, 1, 3))                    # (B, Nkv, S, D)
         v = self.transpose(kv[..., self.head_dim:], (0, 2, 1, 3))                    # (B, Nkv, S, D)
-        q, k = self.rotary(q, cos, sin), self.rotary(k, cos, sin)
+        q = self.rotary(q, cos_q, sin_q)
+        if placement is not None:
+            # incremental decoding: every cache slot (still before rotary), rotated below with the tables
+            # of the current total length, so NTK changes apply to old keys as in the HF full forward
+            k, v = self.kv_cache(k, v, placement)                                     # (B, Nkv, M, D)
+        k = self.rotary(k, cos_k, sin_k)
         if self.n_rep > 1:
             # query head h reads kv head h // n_rep (HF repeat_kv grouping)
             k = ops.repeat_interleave(k, self.n_rep, 1)                               # (B, N, S, D)
             v = ops.repeat_interleave(v, self.n_rep, 1)
-        context = self.transpose(self.core(q, k, v, mask), (0, 2, 1, 3))            # (B, S, N, D)
+        context = self.transpose_back(self.core(q, k, v, mask), (0, 2, 1, 3))       # (B, S, N, D)
         context = self.reshape(context, (bsz, seq, self.num_heads * self.head_dim))  # (B, S, H)
         return self.wo(context)
 

@@ -16,7 +16,8 @@ class TelechatForCausalLM(nn.Cell):
 
     The loss is the HF next-token cross entropy (logits[:, :-1] vs labels[:, 1:], ignore -100) plus the
     summed MoE auxiliary loss (zero for dense models). `loss_mask` (B, S) optionally weights label positions
-    (SFT); `attention_mask` (B, S) marks padding with 0.
+    (SFT); `attention_mask` (B, S) marks padding with 0; `position_ids` / `document_ids` (B, S) describe packed
+    rows (positions restart per document, no attention across documents; docs/data.md).
     """
 
     def __init__(self, config, kernels: Kernels | None = None):
@@ -31,8 +32,9 @@ class TelechatForCausalLM(nn.Cell):
         self.cast = ops.Cast()
         self.reshape = ops.Reshape()
 
-    def construct(self, input_ids, labels=None, attention_mask=None, loss_mask=None):
-        hidden, aux = self.model(input_ids, attention_mask)                            # (B, S, H)
+    def construct(self, input_ids, labels=None, attention_mask=None, loss_mask=None, position_ids=None,
+                  document_ids=None):
+        hidden, aux = self.model(input_ids, attention_mask, position_ids, document_ids)  # (B, S, H)
         logits = self.cast(self.lm_head(hidden), ms.float32)                           # (B, S, V)
         if labels is None:
             return logits

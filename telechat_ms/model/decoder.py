@@ -40,11 +40,11 @@ class DecoderLayer(nn.Cell):
         self.add_attn = ops.Add()
         self.add_mlp = ops.Add()
 
-    def construct(self, x, cos, sin, mask):
-        """x (B, S, H) -> (y (B, S, H), aux_loss scalar fp32)."""
+    def construct(self, x, rope, mask, placement=None):
+        """x (B, S, H) -> (y (B, S, H), aux_loss scalar fp32); rope/mask/placement as in Attention."""
         normed = self.attention_norm(x)
         residual = normed if self.residual_from_norm else x
-        h = self.add_attn(residual, self.attn_dropout(self.attention(normed, cos, sin, mask)))
+        h = self.add_attn(residual, self.attn_dropout(self.attention(normed, rope, mask, placement)))
         normed = self.ffn_norm(h)
         residual = normed if self.residual_from_norm else h
         out, aux = self.feed_forward(normed)
@@ -77,18 +77,39 @@ class TelechatModel(nn.Cell):
         self.rotary = RotaryEmbedding.from_config(config, kernels)    # tables once per forward, shared
         self.cast = ops.Cast()
         self.add_aux = ops.Add()
+        self.gather_rope = ops.Gather()
 
-    def construct(self, input_ids, attention_mask=None):
-        """input_ids (B, S) int -> (hidden (B, S, H), summed aux loss); attention_mask (B, S) 1 = keep."""
+    def construct(self, input_ids, attention_mask=None, position_ids=None, document_ids=None):
+        """input_ids (B, S) int -> (hidden (B, S, H), summed aux loss).
+
+        attention_mask (B, S): 1 = keep, 0 = padding. Packed rows (docs/data.md): position_ids (B, S) restart
+        at 0 per document and document_ids (B, S) stop attention across documents. Without them positions
+        are 0..S-1 (left pads included, as in HF).
+        """
         bsz, seq = input_ids.shape
+        cos, sin = self.rotary.tables(seq, self.compute_dtype)                         # (S, D) each
+        if position_ids is not None:
+            cos = self.gather_rope(cos, position_ids, 0).reshape(bsz, 1, seq, -1)      # (B, 1, S, D)
+            sin = self.gather_rope(sin, position_ids, 0).reshape(bsz, 1, seq, -1)
+        mask = causal_padding_mask(bsz, seq, attention_mask, document_ids)             # (B, 1, S, S)
+        return self._run(input_ids, (cos, sin, cos, sin), mask, None)
+
+    def forward_cached(self, input_ids, rope, mask, placement):
+        """One incremental step with the layers' KV caches (see telechat_ms/infer/engine.py)."""
+        hidden, _ = self._run(input_ids, rope, mask, placement)
+        return hidden
+
+    def enable_kv_cache(self, batch: int, max_len: int) -> None:
+        for layer in self.layers:
+            layer.attention.enable_kv_cache(batch, max_len)
+
+    def _run(self, input_ids, rope, mask, placement):
         x = self.cast(self.tok_embeddings(input_ids), self.compute_dtype)             # (B, S, H)
         if self.embed_norm:
             x = self.tok_embeddings_norm(x)
-        cos, sin = self.rotary.tables(seq, self.compute_dtype)                         # (S, D) each
-        mask = causal_padding_mask(bsz, seq, attention_mask)                           # (B, 1, S, S)
         aux = Tensor(0.0, ms.float32)
         for layer in self.layers:
-            x, layer_aux = layer(x, cos, sin, mask)
+            x, layer_aux = layer(x, rope, mask, placement)
             aux = self.add_aux(aux, layer_aux)
         return self.norm_out(x), aux
 
@@ -102,13 +123,17 @@ class TelechatModel(nn.Cell):
         self.norm_out.shard(parallel)
 
 
-def causal_padding_mask(bsz: int, seq: int, attention_mask=None):
-    """Boolean (B, 1, S, S) mask, True = masked: key after query, or key is padding (HF semantics)."""
+def causal_padding_mask(bsz: int, seq: int, attention_mask=None, document_ids=None):
+    """Boolean (B, 1, S, S) mask, True = masked: key after query, key is padding (HF semantics), or key and
+    query belong to different packed documents."""
     causal = Tensor(np.triu(np.ones((seq, seq), dtype=np.bool_), k=1))             # (S, S) graph constant
     mask = ops.broadcast_to(causal.reshape(1, 1, seq, seq), (bsz, 1, seq, seq))
     if attention_mask is not None:
         pad = ops.logical_not(ops.cast(attention_mask, ms.bool_)).reshape(bsz, 1, 1, seq)  # (B, 1, 1, S)
         mask = ops.logical_or(mask, pad)
+    if document_ids is not None:
+        other = ops.not_equal(document_ids.reshape(bsz, 1, seq, 1), document_ids.reshape(bsz, 1, 1, seq))
+        mask = ops.logical_or(mask, other)                                             # (B, 1, S, S)
     return mask
 
 

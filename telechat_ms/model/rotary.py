@@ -69,10 +69,11 @@ class RotaryEmbedding(nn.Cell):
         return self.cast(Tensor(cos), dtype), self.cast(Tensor(sin), dtype)
 
     def construct(self, x, cos, sin):
-        """x (B, N, S, D), cos/sin (S, D) -> x*cos + rotate_half(x)*sin."""
+        """x (B, N, S, D), cos/sin (S, D) or per token (B, 1, S, D) -> x*cos + rotate_half(x)*sin."""
         if self.fused:
-            return ops.rotary_position_embedding(x, cos.reshape(1, 1, cos.shape[0], -1),
-                                                 sin.reshape(1, 1, sin.shape[0], -1), 0)
+            if cos.ndim == 2:                                                          # (S, D) -> (1, 1, S, D)
+                cos, sin = cos.reshape(1, 1, cos.shape[0], -1), sin.reshape(1, 1, sin.shape[0], -1)
+            return ops.rotary_position_embedding(x, cos, sin, 0)
         x1 = x[..., :self.half]                                                       # (B, N, S, D/2)
         x2 = x[..., self.half:]
         rotated = self.concat((self.neg(x2), x1))                                     # (B, N, S, D)

@@ -1,0 +1,135 @@
+"""KV-cache decoding, generation and the chat CLI (CPU, fp32)."""
+import dataclasses
+import json
+import subprocess
+import sys
+
+import mindspore as ms
+import numpy as np
+import pytest
+
+from telechat_ms import TelechatConfig
+from telechat_ms.config.generation import GenerationConfig
+from telechat_ms.infer.engine import KVCacheSession
+from telechat_ms.infer.generate import generate, left_pad
+
+from .conftest import set_mode
+from .reference.ms_loading import ms_model_from_hf_state
+from .reference.torch_telechat import build_reference, random_hf_state, reference_forward
+
+
+def _moe_model():
+    from .reference.torch_moe import random_hf_moe_state
+    config = dataclasses.replace(TelechatConfig.preset("tiny_moe"), moe_token_dropping=False)
+    return config, ms_model_from_hf_state(config, random_hf_moe_state(config, seed=4))
+
+
+# prefill, first decode, last plain-RoPE length, NTK alpha/mscale switch (training_seqlen 32), later, end
+CHECKED_LENGTHS = (26, 27, 32, 33, 35, 40)
+
+
+@pytest.fixture(scope="module", params=["tiny", "tiny_gqa", "tiny_moe"])
+def model(request):
+    set_mode("graph")
+    if request.param == "tiny_moe":
+        config, net = _moe_model()
+    else:
+        config = TelechatConfig.preset(request.param)
+        net = ms_model_from_hf_state(config, random_hf_state(config, seed=5))
+    net.set_train(False)
+    return net
+
+
+def test_cached_steps_equal_full_forward(model):
+    """Prefill 26 tokens then decode 14 one by one, crossing training_seqlen=32 (NTK alpha and mscale change):
+    each step's logits equal the full uncached forward over the sequence so far."""
+    config = model.config
+    ids = np.random.default_rng(0).integers(4, config.vocab_size, (2, 40)).astype(np.int32)
+    session = KVCacheSession(model, 2, 48)
+    got = {26: session.step(ids[:, :26])}
+    got.update({t + 1: session.step(ids[:, t:t + 1]) for t in range(26, 40)})
+    for end in CHECKED_LENGTHS:         # every step runs; full forwards (one compile per length) at a subset
+        full = model(ms.Tensor(ids[:, :end])).asnumpy()[:, -1]
+        assert np.abs(got[end] - full).max() <= 1e-4, (end, np.abs(got[end] - full).max())
+
+
+def test_fast_ntk_mode_is_exact_below_training_seqlen_and_close_after(model):
+    """exact_ntk=False never recomputes: identical up to training_seqlen, approximate beyond it."""
+    ids = np.random.default_rng(2).integers(4, model.config.vocab_size, (1, 36)).astype(np.int32)
+    session = KVCacheSession(model, 1, 40, exact_ntk=False)
+    session.step(ids[:, :20])
+    got = {t + 1: session.step(ids[:, t:t + 1]) for t in range(20, 36)}
+    for end in (21, 32, 33, 36):
+        diff = np.abs(got[end] - model(ms.Tensor(ids[:, :end])).asnumpy()[:, -1]).max()
+        assert diff <= (1e-4 if end <= 32 else 5e-2), (end, diff)
+
+
+def test_cached_steps_with_left_padding_equal_full_forward(model):
+    ids = np.random.default_rng(1).integers(4, model.config.vocab_size, (2, 20)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[1, :6] = 0
+    ids[1, :6] = model.config.pad_token_id
+    session = KVCacheSession(model, 2, 32)
+    first = session.step(ids[:, :15], mask[:, :15])
+    full = model(ms.Tensor(ids[:, :15]), None, ms.Tensor(mask[:, :15])).asnumpy()[:, -1]
+    assert np.abs(first - full).max() <= 1e-4
+    got = {t + 1: session.step(ids[:, t:t + 1]) for t in range(15, 20)}
+    full = model(ms.Tensor(ids), None, ms.Tensor(mask)).asnumpy()[:, -1]
+    assert np.abs(got[20] - full).max() <= 1e-4
+
+
+def test_prompt_longer_than_cache_is_an_error(model):
+    session = KVCacheSession(model, 1, 8)
+    with pytest.raises(ValueError, match=r"does not fit the KV cache \(max_len=8\)"):
+        session.step(np.zeros((1, 9), np.int32))
+
+
+@pytest.fixture(scope="module")
+def dense_pair():
+    set_mode("graph")
+    config = TelechatConfig.preset("tiny_gqa")
+    state = random_hf_state(config, seed=6, std=0.2)        # larger weights: peaked, non-degenerate greedy paths
+    net = ms_model_from_hf_state(config, state)
+    net.set_train(False)
+    return net, build_reference(config, state)
+
+
+def _reference_greedy(ref, ids, mask, steps, penalty=1.0):
+    """Greedy without any cache: full torch forward per step (HF TeleChat positions include left pads)."""
+    out, mask = ids.copy(), mask.copy()
+    for _ in range(steps):
+        logits = reference_forward(ref, out, attention_mask=mask).logits.detach().numpy()[:, -1]
+        for row in range(len(out)):
+            for tok in set(out[row].tolist()):
+                logits[row, tok] = logits[row, tok] / penalty if logits[row, tok] > 0 else logits[row, tok] * penalty
+        nxt = logits.argmax(-1).astype(np.int32)
+        out, mask = np.concatenate([out, nxt[:, None]], 1), np.concatenate([mask, np.ones((len(out), 1), mask.dtype)], 1)
+    return out[:, ids.shape[1]:]
+
+
+def test_greedy_batch_matches_reference_without_cache(dense_pair):
+    net, ref = dense_pair
+    prompts = [[7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28], [30, 31, 32]]
+    config = GenerationConfig(max_new_tokens=16, eos_token_id=[511], repetition_penalty=1.2)
+    result = generate(net, prompts, config)
+    ids, mask = left_pad(prompts, net.config.pad_token_id)
+    expected = _reference_greedy(ref, ids, mask, 16, penalty=1.2)
+    assert result.tokens == expected.tolist()          # 22 + 16 tokens: crosses training_seqlen 32
+
+
+def test_sampling_is_seeded_and_top_k_one_is_greedy(dense_pair):
+    net, _ = dense_pair
+    sample = GenerationConfig(max_new_tokens=8, do_sample=True, temperature=1.5, top_k=0, seed=3, eos_token_id=[511])
+    first = generate(net, [[5, 6, 7]], sample).tokens
+    assert generate(net, [[5, 6, 7]], sample).tokens == first
+    greedy = generate(net, [[5, 6, 7]], GenerationConfig(max_new_tokens=8, eos_token_id=[511])).tokens
+    top1 = generate(net, [[5, 6, 7]], dataclasses.replace(sample, top_k=1)).tokens
+    assert top1 == greedy
+
+
+def test_stops_on_eos(dense_pair):
+    net, _ = dense_pair
+    greedy = generate(net, [[5, 6, 7]], GenerationConfig(max_new_tokens=8, eos_token_id=[511])).tokens[0]
+    stop_at = greedy[3]
+    result = generate(net, [[5, 6, 7]], GenerationConfig(max_new_tokens=8, eos_token_id=[stop_at]))
+    assert result.tokens[0] == greedy[:greedy.index(stop_at)] and result.stop_reason == ["eos"]
