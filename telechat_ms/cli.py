@@ -1,7 +1,8 @@
 """`telechat-ms` command line: one entry, subcommands by concern.
 
 Subcommands: `info` (presets and parameter counts), `forward` (build a model and run one forward pass),
-`convert` (hf2ms / ms2hf / mf2ms, docs/convert.md), `plan` (docs/parallel.md), `preprocess` (jsonl -> MindRecord, docs/data.md).
+`convert` (hf2ms / ms2hf / mf2ms, docs/convert.md), `plan` (docs/parallel.md),
+`preprocess` (jsonl -> MindRecord, docs/data.md), `train` / `plot-loss` (docs/training.md), `chat` (docs/inference.md).
 Exit codes: 0 ok, 2 bad input.
 """
 from __future__ import annotations
@@ -73,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                           add_help=False)
     conv.add_argument("direction", choices=("hf2ms", "ms2hf", "mf2ms"))
     conv.set_defaults(func=None)
+    sub.add_parser("train", help="finetune / pretrain from a yaml (docs/training.md)", add_help=False)
+    sub.add_parser("plot-loss", help="loss-curve PNG from a training log", add_help=False)
+    sub.add_parser("chat", help="chat / generate with a converted model (docs/inference.md)", add_help=False)
     sub.add_parser("plan", help="memory/time plan and solver for a parallel layout (docs/parallel.md)",
                    add_help=False)
     sub.add_parser("preprocess", help="jsonl (official or mindformers format) -> packed MindRecord (docs/data.md)",
@@ -80,19 +84,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# subcommands implemented by their own module's main(argv) -> exit code (imported only when used)
+ROUTED = {"train": ("train.cli", "train_main"), "plot-loss": ("train.cli", "plot_loss_main"),
+          "chat": ("infer.cli", "main"), "plan": ("parallel.plan_cli", "main"),
+          "preprocess": ("data.preprocess", "main"), "convert hf2ms": ("convert.cli", "hf2ms_main"),
+          "convert ms2hf": ("convert.cli", "ms2hf_main"), "convert mf2ms": ("convert.cli", "mf2ms_main")}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["plan"]:
-        from .parallel.plan_cli import main as plan_main
-        return plan_main(argv[1:])
-    if argv[:1] == ["preprocess"]:
-        from .data.preprocess import main as preprocess_main
-        return preprocess_main(argv[1:])
-    if argv[:1] == ["convert"] and len(argv) > 1:
-        from .convert import cli as convert_cli
-        runner = {"hf2ms": convert_cli.hf2ms_main, "ms2hf": convert_cli.ms2hf_main, "mf2ms": convert_cli.mf2ms_main}
-        if argv[1] in runner:
-            return runner[argv[1]](argv[2:])
+    for words in (2, 1):
+        key = " ".join(argv[:words])
+        if len(argv) >= words and key in ROUTED:
+            import importlib
+            module, func = ROUTED[key]
+            return getattr(importlib.import_module(f".{module}", __package__), func)(argv[words:])
     args = build_parser().parse_args(argv)
     from .config.base import ConfigError
     try:

@@ -68,6 +68,21 @@ def test_masked_positions_content_is_ignored():
     assert np.abs(a[:, 5:] - b[:, 5:]).max() <= 1e-5
 
 
+def test_packed_documents_equal_separate_runs():
+    """A row packing two documents (positions restart, document ids differ) gives each document the logits
+    it has alone: no attention across the boundary, positions from 0 (docs/data.md contract)."""
+    set_mode("graph")
+    model = _model()
+    rng = np.random.default_rng(4)
+    first, second = rng.integers(4, 512, (1, 9)).astype(np.int32), rng.integers(4, 512, (1, 7)).astype(np.int32)
+    packed = np.concatenate([first, second, np.full((1, 4), 3, np.int32)], axis=1)          # + right padding
+    positions = np.concatenate([np.arange(9), np.arange(7), np.zeros(4)]).astype(np.int32)[None]
+    documents = np.concatenate([np.full(9, 1), np.full(7, 2), np.zeros(4)]).astype(np.int32)[None]
+    got = model(ms.Tensor(packed), None, None, None, ms.Tensor(positions), ms.Tensor(documents)).asnumpy()
+    assert np.abs(got[:, :9] - model(ms.Tensor(first)).asnumpy()).max() <= 1e-5
+    assert np.abs(got[:, 9:16] - model(ms.Tensor(second)).asnumpy()).max() <= 1e-5
+
+
 def test_kernels_are_selected_by_device():
     assert Kernels.for_device("CPU") == Kernels.plain()
     ascend = Kernels.for_device("Ascend")

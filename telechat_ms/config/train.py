@@ -1,0 +1,314 @@
+"""Training settings, read strictly from a MindFormers-format run yaml (docs/training.md).
+
+The yaml is the one `run_mindformer.py` takes, so one file drives both `telechat-ms train` (native loop) and
+MindFormers' Trainer. Sections read here: top-level run keys, `context`, `runner_config`, `runner_wrapper`,
+`optimizer`, `lr_schedule`, `train_dataset`, `callbacks`. `model` is read by TelechatConfig and the parallel
+sections by the parallel config. Unknown keys fail naming the key; the MindFormers keys in the *_IGNORED
+sets are accepted and have no effect on the native loop (listed in docs/training.md).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .base import ConfigError, check_positive, check_type, strict_from_dict
+
+AMP_LEVELS = ("O0", "O1", "O2")
+RUN_MODES = ("train", "finetune")
+DEVICE_TARGETS = ("CPU", "Ascend", "GPU")
+LR_SCHEDULES = ("CosineWithWarmUpLR", "ConstantWarmUpLR")
+OPTIMIZERS = ("AdamW",)
+
+# Top-level MindFormers keys with no meaning for the native loop (sections owned by other configs included).
+TOP_IGNORED = frozenset({
+    "model", "parallel", "parallel_config", "recompute_config", "moe_config", "processor", "trainer",
+    "train_dataset_task", "eval_dataset", "eval_dataset_task", "do_eval", "eval_step_interval",
+    "eval_epoch_interval", "metric", "eval_callbacks", "src_strategy_path_or_dir", "auto_trans_ckpt",
+    "only_save_strategy", "transform_process_num", "remote_save_url", "profile", "profile_start_step",
+    "profile_stop_step", "profile_communication", "profile_memory", "init_start_profile", "layer_scale",
+    "layer_decay", "lr_scale", "lr_scale_factor", "micro_batch_interleave_num", "auto_tune", "filepath_prefix",
+    "autotune_per_step", "load_ckpt_format", "load_ckpt_async", "use_legacy", "use_legacy_format",
+    "swap_config", "monitor_config", "tensorboard", "print_separate_loss", "calculate_per_token_loss",
+    "ignore_data_skip", "data_skip_steps", "input_data", "predict_batch_size", "adapter_id",
+    "train_precision_sync", "infer_precision_sync", "postprocess_use_numpy", "model_name",
+})
+CONTEXT_IGNORED = frozenset({
+    "device_id", "max_call_depth", "max_device_memory", "save_graphs", "save_graphs_path", "enable_graph_kernel",
+    "jit_config", "memory_optimize_level", "runtime_num_threads", "ascend_config", "affinity_cpu_list",
+    "deterministic", "mempool_block_size", "graph_kernel_flags", "enable_compile_cache", "compile_cache_path",
+})
+RUNNER_IGNORED = frozenset({"sink_mode", "sink_size", "initial_epoch", "initial_step"})
+WRAPPER_IGNORED = frozenset({"local_norm", "calculate_per_token_loss", "global_norm_spike_threshold",
+                             "use_skip_data_by_global_norm"})
+WRAPPER_TYPES = ("MFTrainOneStepCell", "TelechatTrainOneStepCell", "TrainOneStepWithLossScaleCell",
+                 "MFPipelineWithLossScaleCell")
+DATASET_IGNORED = frozenset({"num_parallel_workers", "python_multiprocessing", "drop_remainder", "batch_size",
+                             "repeat", "numa_enable", "prefetch_size", "seed", "output_columns", "construct_args_key",
+                             "input_columns", "pad_token_id", "eod_reset", "divisor", "remainder",
+                             "eod_token_id", "auto_tune", "filepath_prefix", "autotune_per_step", "profile"})
+LOADER_IGNORED = frozenset({"type", "num_samples", "column_names"})
+CHECKPOINT_IGNORED = frozenset({"type", "integrated_save", "async_save", "save_network_params",
+                                "save_trainable_params", "checkpoint_format", "remove_redundancy",
+                                "embedding_local_norm_threshold", "directory"})
+CALLBACKS_IGNORED = frozenset({"ObsMonitor", "SummaryMonitor", "ProfileMonitor", "TrainingStateMonitor",
+                               "EvalCallBack", "TrainCallBack", "MFLossMonitor"})
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW with decoupled weight decay (torch semantics, bias-corrected); biases and norm weights never decay."""
+    type: str = "AdamW"
+    betas: tuple = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+
+    def __post_init__(self):
+        if self.type not in OPTIMIZERS:
+            raise ConfigError(f"optimizer.type must be one of {OPTIMIZERS}, got {self.type!r}")
+        if not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2 \
+                or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optimizer.betas must be two numbers in [0, 1), got {self.betas!r}")
+        self.betas = tuple(float(b) for b in self.betas)
+        check_type("optimizer.eps", self.eps, float)
+        check_type("optimizer.weight_decay", self.weight_decay, float)
+        if self.eps <= 0 or self.weight_decay < 0:
+            raise ConfigError(f"optimizer.eps ({self.eps}) must be > 0 and weight_decay ({self.weight_decay}) >= 0")
+
+
+@dataclass
+class LrScheduleConfig:
+    """MindFormers' CosineWithWarmUpLR / ConstantWarmUpLR, same formulas (train/schedule.py)."""
+    type: str = "CosineWithWarmUpLR"
+    learning_rate: float = 1e-5
+    lr_end: float = 0.0
+    warmup_lr_init: float = 0.0
+    warmup_steps: int = 0
+    warmup_ratio: float | None = None        # overrides warmup_steps: int(total_steps * ratio)
+    total_steps: int = -1                    # -1: the number of optimizer steps of the run
+    num_cycles: float = 0.5
+
+    def __post_init__(self):
+        if self.type not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule.type must be one of {LR_SCHEDULES}, got {self.type!r}")
+        for name in ("learning_rate", "lr_end", "warmup_lr_init", "num_cycles"):
+            check_type(f"lr_schedule.{name}", getattr(self, name), float)
+        check_type("lr_schedule.warmup_steps", self.warmup_steps, int)
+        check_type("lr_schedule.total_steps", self.total_steps, int)
+        check_type("lr_schedule.warmup_ratio", self.warmup_ratio, float, allow_none=True)
+        if self.learning_rate <= 0 or self.warmup_steps < 0:
+            raise ConfigError(f"lr_schedule.learning_rate ({self.learning_rate}) must be > 0 and "
+                              f"warmup_steps ({self.warmup_steps}) >= 0")
+        if self.warmup_ratio is not None and not 0 <= self.warmup_ratio <= 1:
+            raise ConfigError(f"lr_schedule.warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
+        if self.total_steps == 0 or self.total_steps < -1:
+            raise ConfigError(f"lr_schedule.total_steps must be -1 (the run's steps) or > 0, got {self.total_steps}")
+
+
+@dataclass
+class LossScaleConfig:
+    """Loss scaling. dynamic=None: dynamic for float16 compute, none (scale 1) for float32/bfloat16."""
+    dynamic: bool | None = None
+    loss_scale_value: float = 65536.0
+    scale_factor: float = 2.0
+    scale_window: int = 1000
+
+    def __post_init__(self):
+        check_type("loss scale dynamic", self.dynamic, bool, allow_none=True)
+        check_type("loss_scale_value", self.loss_scale_value, float)
+        check_type("scale_factor", self.scale_factor, float)
+        check_positive("scale_window", self.scale_window)
+        if self.loss_scale_value <= 0 or self.scale_factor <= 1:
+            raise ConfigError(f"loss_scale_value ({self.loss_scale_value}) must be > 0 and "
+                              f"scale_factor ({self.scale_factor}) > 1")
+
+
+@dataclass
+class CheckpointConfig:
+    """CheckpointMonitor: save every N optimizer steps (and at the end), keep the K newest."""
+    prefix: str = "telechat"
+    save_checkpoint_steps: int = 1000
+    keep_checkpoint_max: int = 3
+
+    def __post_init__(self):
+        check_positive("save_checkpoint_steps", self.save_checkpoint_steps)
+        check_positive("keep_checkpoint_max", self.keep_checkpoint_max)
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    output_dir: str = "./output"
+    run_mode: str = "finetune"
+    load_checkpoint: str = ""              # converted model dir / step checkpoint dir (finetune, resume)
+    resume_training: bool | str = False    # True: newest checkpoint; a string: that step directory name
+    use_parallel: bool = False             # data parallel over msrun workers (native loop)
+    amp_level: str | None = None           # None: O2 if model compute_dtype is 16-bit, else O0
+    device_target: str = "CPU"
+    mode: int = 0                          # 0 GRAPH_MODE, 1 PYNATIVE_MODE
+    device_peak_tflops: float | None = None  # for the MFU estimate; None: table by device (train/logs.py)
+    epochs: int = 1
+    batch_size: int = 1                    # per device micro batch
+    gradient_accumulation_steps: int = 1
+    stop_step: int = 0                     # > 0: stop after this many optimizer steps
+    use_clip_grad: bool = True
+    max_grad_norm: float = 1.0
+    log_interval: int = 1
+    dataset_dir: str = ""
+    shuffle: bool = True
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    lr_schedule: LrScheduleConfig = field(default_factory=LrScheduleConfig)
+    loss_scale: LossScaleConfig = field(default_factory=LossScaleConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    source: str = "config"
+
+    def __post_init__(self):
+        check_type("seed", self.seed, int)
+        if self.run_mode not in RUN_MODES:
+            raise ConfigError(f"run_mode must be one of {RUN_MODES}, got {self.run_mode!r}")
+        if self.amp_level is not None and self.amp_level not in AMP_LEVELS:
+            raise ConfigError(f"amp_level must be one of {AMP_LEVELS}, got {self.amp_level!r}")
+        if self.device_target not in DEVICE_TARGETS:
+            raise ConfigError(f"context.device_target must be one of {DEVICE_TARGETS}, got {self.device_target!r}")
+        if self.mode not in (0, 1):
+            raise ConfigError(f"context.mode must be 0 (graph) or 1 (pynative), got {self.mode!r}")
+        for name in ("epochs", "batch_size", "gradient_accumulation_steps", "log_interval"):
+            check_positive(name, getattr(self, name))
+        check_type("stop_step", self.stop_step, int)
+        check_type("resume_training", self.resume_training, (bool, str))
+        for name in ("use_parallel", "use_clip_grad", "shuffle"):
+            check_type(name, getattr(self, name), bool)
+        check_type("max_grad_norm", self.max_grad_norm, float)
+        check_type("device_peak_tflops", self.device_peak_tflops, float, allow_none=True)
+        if self.max_grad_norm <= 0:
+            raise ConfigError(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
+
+    def replace(self, **changes) -> "TrainConfig":
+        try:
+            return dataclasses.replace(self, **changes)
+        except ConfigError as exc:
+            raise ConfigError(f"{self.source}: {exc}") from None
+
+    @classmethod
+    def from_yaml(cls, path: str) -> "TrainConfig":
+        """`base_config` inheritance resolved as MindFormers does (telechat_ms.parallel.run_yaml)."""
+        from ..parallel.run_yaml import load_run_yaml   # pylint: disable=import-outside-toplevel
+        data = load_run_yaml(path)
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{path}: expected a mapping (a MindFormers run yaml), got {type(data).__name__}")
+        return cls.from_dict(data, source=path)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> "TrainConfig":
+        kwargs: dict[str, Any] = {"source": source}
+        for key, value in data.items():
+            if key in _SECTIONS:
+                _SECTIONS[key](value, kwargs, f"{source}: {key}")
+            elif key in _TOP_KEYS:
+                kwargs[key] = value
+            elif key not in TOP_IGNORED:
+                raise ConfigError(f"{source}: unknown config key '{key}' (run keys: {', '.join(sorted(_TOP_KEYS))}; "
+                                  f"sections: {', '.join(sorted(_SECTIONS))}; see docs/training.md)")
+        try:
+            return cls(**kwargs)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+
+_TOP_KEYS = frozenset({"seed", "output_dir", "run_mode", "load_checkpoint", "resume_training", "use_parallel",
+                       "amp_level", "device_peak_tflops"})
+
+
+def _mapping(value, where: str) -> Mapping:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def _pick(value, where: str, names: dict[str, str], ignored: frozenset) -> dict[str, Any]:
+    """{our field: value} for the keys in `names` (yaml key -> field); other keys must be in `ignored`."""
+    out = {}
+    for key, item in _mapping(value, where).items():
+        if key in names:
+            out[names[key]] = item
+        elif key not in ignored:
+            raise ConfigError(f"{where}: unknown key '{key}' (accepted: {', '.join(sorted(set(names) | ignored))})")
+    return out
+
+
+def _context(value, kwargs, where):
+    kwargs.update(_pick(value, where, {"device_target": "device_target", "mode": "mode"}, CONTEXT_IGNORED))
+
+
+def _runner(value, kwargs, where):
+    names = {k: k for k in ("epochs", "batch_size", "gradient_accumulation_steps", "stop_step")}
+    kwargs.update(_pick(value, where, names, RUNNER_IGNORED))
+
+
+def _wrapper(value, kwargs, where):
+    picked = _pick(value, where, {"type": "type", "scale_sense": "scale_sense", "use_clip_grad": "use_clip_grad",
+                                  "max_grad_norm": "max_grad_norm"}, WRAPPER_IGNORED)
+    if picked.pop("type", WRAPPER_TYPES[0]) not in WRAPPER_TYPES:
+        raise ConfigError(f"{where}: type must be one of {WRAPPER_TYPES}")
+    if "scale_sense" in picked:
+        kwargs["loss_scale"] = _scale_sense(picked.pop("scale_sense"), f"{where}.scale_sense")
+    kwargs.update(picked)
+
+
+def _scale_sense(value, where: str) -> LossScaleConfig:
+    """A number (fixed scale) or {type: DynamicLossScaleUpdateCell | FixedLossScaleUpdateCell, ...}."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return LossScaleConfig(dynamic=False, loss_scale_value=float(value))
+    fields = _pick(value, where, {k: k for k in ("type", "loss_scale_value", "scale_factor", "scale_window")},
+                   frozenset())
+    kind = fields.pop("type", "DynamicLossScaleUpdateCell")
+    if kind not in ("DynamicLossScaleUpdateCell", "FixedLossScaleUpdateCell"):
+        raise ConfigError(f"{where}: type must be DynamicLossScaleUpdateCell or FixedLossScaleUpdateCell, got {kind!r}")
+    if kind == "FixedLossScaleUpdateCell" and set(fields) - {"loss_scale_value"}:
+        raise ConfigError(f"{where}: FixedLossScaleUpdateCell takes only loss_scale_value")
+    try:
+        return LossScaleConfig(dynamic=kind == "DynamicLossScaleUpdateCell", **fields)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _section(cls, value, where: str, ignored: frozenset = frozenset()):
+    data = {k: v for k, v in _mapping(value, where).items() if k not in ignored}
+    return strict_from_dict(cls, data, where)
+
+
+def _optimizer(value, kwargs, where):
+    kwargs["optimizer"] = _section(OptimizerConfig, value, where)
+
+
+def _lr_schedule(value, kwargs, where):
+    kwargs["lr_schedule"] = _section(LrScheduleConfig, value, where)
+
+
+def _dataset(value, kwargs, where):
+    picked = _pick(value, where, {"data_loader": "data_loader"}, DATASET_IGNORED)
+    loader = picked.get("data_loader", {})
+    loader_type = _mapping(loader, f"{where}.data_loader").get("type", "MindDataset")
+    if loader_type != "MindDataset":
+        raise ConfigError(f"{where}.data_loader: type must be MindDataset (write it with `telechat-ms preprocess`), "
+                          f"got {loader_type!r}")
+    kwargs.update(_pick(loader, f"{where}.data_loader", {"dataset_dir": "dataset_dir", "shuffle": "shuffle"},
+                        LOADER_IGNORED))
+
+
+def _callbacks(value, kwargs, where):
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: expected a list of {{type: ...}} callbacks")
+    for i, item in enumerate(value):
+        kind = _mapping(item, f"{where}[{i}]").get("type")
+        if kind == "CheckpointMonitor":
+            kwargs["checkpoint"] = _section(CheckpointConfig, item, f"{where}[{i}]", CHECKPOINT_IGNORED)
+        elif kind == "MFLossMonitor" and "per_print_times" in item:
+            kwargs["log_interval"] = item["per_print_times"]
+        elif kind not in CALLBACKS_IGNORED:
+            raise ConfigError(f"{where}[{i}]: unknown callback type {kind!r} "
+                              f"(accepted: CheckpointMonitor, {', '.join(sorted(CALLBACKS_IGNORED))})")
+
+
+_SECTIONS = {"context": _context, "runner_config": _runner, "runner_wrapper": _wrapper, "optimizer": _optimizer,
+             "lr_schedule": _lr_schedule, "train_dataset": _dataset, "callbacks": _callbacks}

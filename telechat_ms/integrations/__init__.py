@@ -1,0 +1,1 @@
+"""Integrations with other frameworks; each is imported explicitly (importing this package imports nothing)."""
