@@ -14,7 +14,8 @@ from telechat_ms.convert.names import hf_to_ms
 
 from .conftest import set_mode
 from .reference.ms_loading import ms_model_from_hf_state
-from .reference.torch_telechat import build_reference, random_hf_state, reference_forward, reference_grads_hf
+from .reference.torch_telechat import (build_reference, random_hf_state, reference_forward, reference_grads_hf,
+                                      reference_loss)
 
 LENGTHS = (20, 40, 70)
 
@@ -42,7 +43,20 @@ def test_logits_and_loss_match_reference(pair, seq):
     ref_logits = out.logits.detach().numpy()
     assert np.abs(logits - ref_logits).max() <= 1e-4, np.abs(logits - ref_logits).max()
     loss = float(ours(ms.Tensor(ids), ms.Tensor(labels)).asnumpy())
-    assert abs(loss - float(out.loss.detach())) <= 1e-5
+    assert abs(loss - float(reference_loss(ref, ids, labels).detach())) <= 1e-5
+    if seq <= config.training_seqlen:           # same NTK for S and S-1: HF's own labels= loss agrees too
+        assert abs(loss - float(out.loss.detach())) <= 1e-5
+
+
+def test_loss_ntk_length_excludes_the_target_only_token(pair):
+    """A (training_seqlen + 1)-token row (seq_length + 1 preprocessing) trains with plain RoPE: its loss is
+    the loss of the training_seqlen context positions, not of a forward rotated with NTK alpha 3."""
+    config, ref, ours = pair
+    ids = _ids(config, config.training_seqlen + 1)
+    loss = float(ours(ms.Tensor(ids), ms.Tensor(ids)).asnumpy())
+    assert abs(loss - float(reference_loss(ref, ids, ids).detach())) <= 1e-5
+    hf_own = float(reference_forward(ref, ids, labels=ids).loss.detach())     # alpha 3 over all 33 positions
+    assert abs(loss - hf_own) > 1e-4
 
 
 def test_loss_mask_equals_ignored_labels(pair):
@@ -51,7 +65,7 @@ def test_loss_mask_equals_ignored_labels(pair):
     mask = np.ones_like(ids)
     mask[:, :10] = 0                            # SFT: no loss on the prompt
     labels = np.where(mask == 1, ids, -100).astype(np.int32)
-    expected = float(reference_forward(ref, ids, labels=labels).loss.detach())
+    expected = float(reference_loss(ref, ids, labels).detach())
     got = float(ours(ms.Tensor(ids), ms.Tensor(ids), None, ms.Tensor(mask)).asnumpy())
     assert abs(got - expected) <= 1e-5
 
@@ -60,7 +74,7 @@ def test_gradients_match_reference(pair):
     config, ref, ours = pair
     ids = _ids(config, 40)
     ref.zero_grad()
-    reference_forward(ref, ids, labels=ids).loss.backward()
+    reference_loss(ref, ids, ids).backward()
     expected = hf_to_ms(reference_grads_hf(ref, config), config)
     params = ours.trainable_params()
     grad_fn = ms.value_and_grad(ours, grad_position=None, weights=params)

@@ -15,7 +15,8 @@ class TelechatForCausalLM(nn.Cell):
     """model(input_ids) -> logits (B, S, V) fp32;  model(input_ids, labels) -> loss (scalar fp32).
 
     The loss is the HF next-token cross entropy (logits[:, :-1] vs labels[:, 1:], ignore -100) plus the
-    summed MoE auxiliary loss (zero for dense models). `loss_mask` (B, S) optionally weights label positions
+    summed MoE auxiliary loss (zero for dense models). Dynamic NTK: logits use the HF rule for length S; the
+    loss uses length S-1, the positions whose logits it reads (docs/architecture.md). `loss_mask` (B, S) optionally weights label positions
     (SFT); `attention_mask` (B, S) marks padding with 0; `position_ids` / `document_ids` (B, S) describe packed
     rows (positions restart per document, no attention across documents; docs/data.md).
     """
@@ -34,7 +35,11 @@ class TelechatForCausalLM(nn.Cell):
 
     def construct(self, input_ids, labels=None, attention_mask=None, loss_mask=None, position_ids=None,
                   document_ids=None):
-        hidden, aux = self.model(input_ids, attention_mask, position_ids, document_ids)  # (B, S, H)
+        # With labels the last token is only a target: its hidden state reaches no used logit, so dynamic NTK
+        # takes the S-1 positions whose logits enter the loss (exactly HF's forward over them). This also keeps
+        # (seq_length + 1)-token training rows at plain RoPE when seq_length == training_seqlen.
+        ntk_len = 0 if labels is None else input_ids.shape[1] - 1
+        hidden, aux = self.model(input_ids, attention_mask, position_ids, document_ids, ntk_len)  # (B, S, H)
         logits = self.cast(self.lm_head(hidden), ms.float32)                           # (B, S, V)
         if labels is None:
             return logits

@@ -79,15 +79,16 @@ class TelechatModel(nn.Cell):
         self.add_aux = ops.Add()
         self.gather_rope = ops.Gather()
 
-    def construct(self, input_ids, attention_mask=None, position_ids=None, document_ids=None):
+    def construct(self, input_ids, attention_mask=None, position_ids=None, document_ids=None, ntk_len=0):
         """input_ids (B, S) int -> (hidden (B, S, H), summed aux loss).
 
         attention_mask (B, S): 1 = keep, 0 = padding. Packed rows (docs/data.md): position_ids (B, S) restart
         at 0 per document and document_ids (B, S) stop attention across documents. Without them positions
-        are 0..S-1 (left pads included, as in HF).
+        are 0..S-1 (left pads included, as in HF). `ntk_len`: the length that sets dynamic NTK alpha/mscale
+        (0 = S, the HF rule); the loss path passes S-1 (see TelechatForCausalLM).
         """
         bsz, seq = input_ids.shape
-        cos, sin = self.rotary.tables(seq, self.compute_dtype)                         # (S, D) each
+        cos, sin = self.rotary.tables(seq, self.compute_dtype, ntk_len)                # (S, D) each
         if position_ids is not None:
             cos = self.gather_rope(cos, position_ids, 0).reshape(bsz, 1, seq, -1)      # (B, 1, S, D)
             sin = self.gather_rope(sin, position_ids, 0).reshape(bsz, 1, seq, -1)

@@ -62,10 +62,11 @@ class RotaryEmbedding(nn.Cell):
         return cls(config.head_dim, config.training_seqlen, config.base_seqlen, config.rope_theta,
                    config.rotary_fp16_rounding, kernels)
 
-    def tables(self, seq_len: int, dtype):
-        """cos, sin (seq_len, head_dim) for a full (uncached) sequence of length seq_len."""
-        cos, sin = rotary_tables(seq_len, 0, seq_len, self.head_dim, self.training_seqlen, self.base_seqlen,
-                                 self.theta, self.fp16_rounding)
+    def tables(self, seq_len: int, dtype, ntk_len: int = 0):
+        """cos, sin (seq_len, head_dim) for positions 0..seq_len-1; NTK alpha/mscale from `ntk_len`
+        (default: seq_len, the HF rule for a full forward)."""
+        cos, sin = rotary_tables(ntk_len or seq_len, 0, seq_len, self.head_dim, self.training_seqlen,
+                                 self.base_seqlen, self.theta, self.fp16_rounding)
         return self.cast(Tensor(cos), dtype), self.cast(Tensor(sin), dtype)
 
     def construct(self, x, cos, sin):

@@ -135,6 +135,18 @@ def reference_forward(model, input_ids: np.ndarray, labels=None, attention_mask=
     return model(input_ids=ids, position_ids=pos, attention_mask=mask, labels=lab)
 
 
+def reference_loss(model, input_ids: np.ndarray, labels: np.ndarray):
+    """Next-token CE of HF's forward over the S-1 context positions (the logits a loss reads) vs labels[:, 1:].
+
+    Equal to HF's own `labels=` loss whenever alpha/mscale are the same for S and S-1 (S <= training_seqlen);
+    beyond, HF's loss would rotate with the length of an input whose last hidden state it never uses.
+    """
+    logits = reference_forward(model, input_ids[:, :-1]).logits                       # (B, S-1, V)
+    target = torch.from_numpy(labels[:, 1:].astype(np.int64))
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                             ignore_index=-100)
+
+
 def reference_grads_hf(model, config) -> dict[str, np.ndarray]:
     """Gradients after backward(), renamed to HF TeleChat2 keys (k/v grads re-interleaved per head)."""
     g = {n: p.grad.detach().numpy() for n, p in model.named_parameters() if p.grad is not None}
