@@ -133,3 +133,72 @@ def test_stops_on_eos(dense_pair):
     stop_at = greedy[3]
     result = generate(net, [[5, 6, 7]], GenerationConfig(max_new_tokens=8, eos_token_id=[stop_at]))
     assert result.tokens[0] == greedy[:greedy.index(stop_at)] and result.stop_reason == ["eos"]
+
+
+# ---- the chat CLI on a converted tiny checkpoint ----
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """tiny HF checkpoint (production generator script) -> hf2ms, as a user would."""
+    root = tmp_path_factory.mktemp("chat")
+    repo = __file__.rsplit("/tests/", 1)[0]
+    for cmd in ([sys.executable, f"{repo}/scripts/make_tiny_hf_checkpoint.py", str(root / "hf"), "--seq-length", "64"],
+                [sys.executable, f"{repo}/convert/hf2ms.py", "--src", str(root / "hf"), "--dst", str(root / "ms")]):
+        subprocess.run(cmd, check=True, capture_output=True, cwd=root)
+    return root / "ms"
+
+
+def _chat(args, cwd):
+    from telechat_ms.cli import main
+    return main(["chat", "--model", str(args[0])] + list(args[1:]))
+
+
+def test_chat_prompt_prints_answer_and_speed(converted, capsys, tmp_path):
+    assert _chat([converted, "--prompt", "你好", "--max-new-tokens", "5"], tmp_path) == 0
+    captured = capsys.readouterr()
+    assert "tokens/s" in captured.err and "decode" in captured.err
+
+
+def test_chat_jsonl_batch_is_written_atomically(converted, tmp_path, capsys):
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text('{"prompt": "你好"}\n{"messages": [{"role": "user", "content": "你是谁？"}]}\n', encoding="utf-8")
+    assert _chat([converted, "--input", str(src), "--output", str(out), "--max-new-tokens", "4"], tmp_path) == 0
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 2 and all("answer" in r for r in rows)
+    src.write_text('{"prompt": "ok"}\n{"nope": 1}\n', encoding="utf-8")
+    assert _chat([converted, "--input", str(src), "--output", str(tmp_path / "bad.jsonl")], tmp_path) == 2
+    assert "in.jsonl:2" in capsys.readouterr().err and not (tmp_path / "bad.jsonl").exists()
+
+
+def test_chat_errors(converted, tmp_path, capsys):
+    assert _chat([tmp_path / "missing", "--prompt", "hi"], tmp_path) == 2
+    assert "missing" in capsys.readouterr().err
+    long_prompt = "你好" * 200
+    assert _chat([converted, "--prompt", long_prompt, "--max-length", "16"], tmp_path) == 2
+    assert "does not fit max_length=16" in capsys.readouterr().err
+
+
+def test_tokenizer_vocab_mismatch_is_an_error(converted):
+    from telechat_ms.data.tokenizer import TelechatTokenizer
+    from telechat_ms.infer.chat import InferenceError, check_tokenizer_fits
+    tokenizer = TelechatTokenizer(str(converted))
+    small = dataclasses.replace(TelechatConfig.preset("tiny"), vocab_size=256)
+    with pytest.raises(InferenceError, match="512 pieces but the model's vocab_size is 256"):
+        check_tokenizer_fits(tokenizer, small)
+
+
+def test_stop_strings_cut_the_answer(converted):
+    from telechat_ms import TelechatForCausalLM
+    from telechat_ms.data.tokenizer import TelechatTokenizer
+    from telechat_ms.infer.chat import complete
+    set_mode("graph")
+    model = TelechatForCausalLM.from_pretrained(str(converted))
+    model.set_train(False)
+    tokenizer = TelechatTokenizer(str(converted))
+    prompt = [[4, 100, 101, 5]]
+    free, _ = complete(model, tokenizer, prompt, GenerationConfig(max_new_tokens=12, eos_token_id=[511]), 64)
+    assert len(free[0]) >= 2
+    stop = free[0][1]
+    cut, result = complete(model, tokenizer, prompt, GenerationConfig(max_new_tokens=12, eos_token_id=[511],
+                                                                      stop_strings=[stop]), 64)
+    assert cut[0] == free[0][:free[0].index(stop)] and result.stop_reason == ["stop_string"]

@@ -1,0 +1,87 @@
+"""Chat on top of generate(): chat template, multi-turn history, stop strings, streaming text."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from ..config.base import ConfigError
+from ..config.generation import GenerationConfig
+from ..data.chat_template import DEFAULT_SYSTEM_PROMPT, render_ids
+from .generate import GenerationResult, generate
+
+
+class InferenceError(ConfigError):
+    """Bad inference input (prompt too long, tokenizer/model mismatch, ...): one clear message."""
+
+
+def check_tokenizer_fits(tokenizer, model_config) -> None:
+    """Every id the tokenizer can produce must index the model's embedding."""
+    if tokenizer.vocab_size > model_config.vocab_size:
+        raise InferenceError(f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} pieces but the model's "
+                             f"vocab_size is {model_config.vocab_size}: wrong tokenizer for this checkpoint")
+    for name in ("eos_token_id", "pad_token_id"):
+        if getattr(model_config, name) >= tokenizer.vocab_size:
+            raise InferenceError(f"model {name}={getattr(model_config, name)} is outside the tokenizer's "
+                                 f"{tokenizer.vocab_size} pieces")
+
+
+class ChatSession:
+    """Keeps the conversation; `ask()` renders it with the chat template and generates the answer."""
+
+    def __init__(self, model, tokenizer, config: GenerationConfig, system: str | None = None,
+                 style: str = "chat", max_length: int | None = None):
+        check_tokenizer_fits(tokenizer, model.config)
+        self.model, self.tokenizer, self.config, self.style = model, tokenizer, config, style
+        self.max_length = max_length or model.config.seq_length
+        self.messages: list[dict] = []
+        if style == "chat":
+            self.messages.append({"role": "system", "content": system or DEFAULT_SYSTEM_PROMPT})
+
+    def prompt_ids(self, question: str) -> list[int]:
+        messages = self.messages + [{"role": "user", "content": question}]
+        return render_ids(self.tokenizer, messages, style=self.style, add_generation_prompt=True)
+
+    def ask(self, question: str, on_text: Callable[[str], None] | None = None) -> tuple[str, GenerationResult]:
+        ids = self.prompt_ids(question)
+        answer, result = complete(self.model, self.tokenizer, [ids], self.config, self.max_length, on_text)
+        self.messages += [{"role": "user", "content": question}, {"role": "bot", "content": answer[0]}]
+        return answer[0], result
+
+
+def complete(model, tokenizer, prompts: list[list[int]], config: GenerationConfig, max_length: int,
+             on_text: Callable[[str], None] | None = None) -> tuple[list[str], GenerationResult]:
+    """Generate for id prompts; returns decoded answers (cut at stop strings) and the raw result."""
+    longest = max(len(p) for p in prompts)
+    if longest >= max_length:
+        raise InferenceError(f"prompt of {longest} tokens does not fit max_length={max_length} "
+                             f"(the KV cache size); shorten the history or raise --max-length")
+    config = dataclasses.replace(config, max_new_tokens=min(config.max_new_tokens, max_length - longest))
+    streamed: list[int] = []            # tokens of the first conversation, streamed as whole characters
+    printed = ""
+
+    def on_token(row: int, token: int) -> None:
+        nonlocal printed
+        if on_text is None or row != 0:
+            return
+        streamed.append(token)
+        text = _cut(tokenizer.decode(streamed), config.stop_strings)
+        if text.startswith(printed) and not text.endswith("\ufffd"):       # wait for complete characters
+            on_text(text[len(printed):])
+            printed = text
+
+    def stop_check(row: int, tokens: list[int]) -> bool:
+        text = tokenizer.decode(tokens)
+        return any(s in text for s in config.stop_strings)
+
+    result = generate(model, prompts, config, max_len=max_length, on_token=on_token,
+                      stop_check=stop_check if config.stop_strings else None)
+    answers = [_cut(tokenizer.decode(t), config.stop_strings) for t in result.tokens]
+    if on_text is not None and len(answers[0]) > len(printed) and answers[0].startswith(printed):
+        on_text(answers[0][len(printed):])
+    return answers, result
+
+
+def _cut(text: str, stop_strings: list[str]) -> str:
+    """Text up to (excluding) the first stop string."""
+    cut = min((text.find(s) for s in stop_strings if s in text), default=-1)
+    return text if cut < 0 else text[:cut]

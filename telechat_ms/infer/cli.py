@@ -1,0 +1,140 @@
+"""`telechat-ms chat` / scripts/run_predict.py: prompts, jsonl batches or an interactive chat."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+from ..config.base import ConfigError, atomic_write_text
+from ..config.generation import GenerationConfig
+from ..convert.errors import ConvertError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="telechat-ms chat", description="Chat with / generate from a converted model.")
+    p.add_argument("--model", required=True, help="converted directory (convert/hf2ms.py output)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--prompt", help="one user message")
+    src.add_argument("--input", help='jsonl: one {"prompt": ...} or {"messages": [...]} per line')
+    p.add_argument("--output", help="jsonl answers for --input (default: stdout)")
+    p.add_argument("--interactive", action="store_true", help="chat in the terminal, keeping the history")
+    p.add_argument("--system", help="system prompt (default: the TeleChat2 default)")
+    p.add_argument("--template", choices=("chat", "mindformers"), default="chat")
+    p.add_argument("--tokenizer", help="tokenizer.model or dir (default: the model dir)")
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--max-length", type=int, help="KV cache size (default: the model's seq_length)")
+    p.add_argument("--do-sample", action="store_true", default=None)
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--repetition-penalty", type=float)
+    p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--no-stream", action="store_true")
+    p.add_argument("--device-target", choices=("CPU", "Ascend", "GPU"), default="CPU")
+    p.add_argument("--mode", choices=("graph", "pynative"), default="graph")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel size (launch with msrun, one worker per rank)")
+    return p
+
+
+def generation_config(args) -> GenerationConfig:
+    """generation_config.json of the model dir (if any), then command-line overrides."""
+    path = os.path.join(args.model, "generation_config.json")
+    config = GenerationConfig.from_json(path) if os.path.isfile(path) else GenerationConfig()
+    overrides = {k: v for k, v in dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
+                                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                       repetition_penalty=args.repetition_penalty, stop_strings=args.stop,
+                                       seed=args.seed).items() if v is not None}
+    return dataclasses.replace(config, **overrides)
+
+
+def _load(args):
+    import mindspore as ms
+    from ..data.tokenizer import TelechatTokenizer
+    from ..model import Kernels, TelechatForCausalLM
+    ms.set_context(mode=ms.GRAPH_MODE if args.mode == "graph" else ms.PYNATIVE_MODE)
+    ms.set_device(args.device_target)
+    kernels = Kernels.for_device(args.device_target)
+    if args.tp > 1:
+        from .tp import load_tensor_parallel
+        model = load_tensor_parallel(args.model, args.tp, kernels)
+    else:
+        model = TelechatForCausalLM.from_pretrained(args.model, kernels)
+    model.set_train(False)
+    return model, TelechatTokenizer(args.tokenizer or args.model)
+
+
+def _report(result, out) -> None:
+    print(f"[prefill {result.prompt_tokens} tokens: {result.prefill_tokens_per_s:.1f} tokens/s | decode "
+          f"{result.decode_steps} steps: {result.decode_tokens_per_s:.1f} tokens/s]", file=out)
+
+
+def _run_batch(args, model, tokenizer, config) -> int:
+    from ..data.chat_template import render_ids
+    from .chat import complete
+    rows, prompts = [], []
+    with open(args.input, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                messages = row["messages"] if "messages" in row else [{"role": "user", "content": row["prompt"]}]
+                if args.template == "chat" and messages[0].get("role") != "system" and args.system:
+                    messages = [{"role": "system", "content": args.system}] + messages
+                prompts.append(render_ids(tokenizer, messages, style=args.template, add_generation_prompt=True))
+            except (json.JSONDecodeError, KeyError, TypeError, IndexError, ConfigError) as exc:
+                raise ConfigError(f"{args.input}:{lineno}: expected {{\"prompt\": str}} or {{\"messages\": "
+                                  f"[...]}}: {exc}") from None
+            rows.append(row)
+    if not prompts:
+        raise ConfigError(f"{args.input}: no prompts")
+    answers, result = complete(model, tokenizer, prompts, config, args.max_length or model.config.seq_length)
+    text = "".join(json.dumps({**row, "answer": ans}, ensure_ascii=False) + "\n" for row, ans in zip(rows, answers))
+    if args.output:
+        atomic_write_text(args.output, text)
+    else:
+        sys.stdout.write(text)
+    _report(result, sys.stderr)
+    return 0
+
+
+def _run_chat(args, model, tokenizer, config) -> int:
+    from .chat import ChatSession
+    session = ChatSession(model, tokenizer, config, system=args.system, style=args.template,
+                          max_length=args.max_length)
+    stream = None if args.no_stream else (lambda t: print(t, end="", flush=True))
+    questions = [args.prompt] if args.prompt else None
+    while True:
+        if questions is not None:
+            if not questions:
+                return 0
+            question = questions.pop(0)
+        else:
+            try:
+                question = input("\nuser> ")
+            except EOFError:
+                return 0
+            if question.strip() in ("/exit", "/quit"):
+                return 0
+        answer, result = session.ask(question, on_text=stream)
+        print("" if stream else answer)
+        _report(result, sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not (args.prompt or args.input or args.interactive):
+        print("error: give --prompt, --input or --interactive", file=sys.stderr)
+        return 2
+    try:
+        config = generation_config(args)
+        model, tokenizer = _load(args)
+        if args.input:
+            return _run_batch(args, model, tokenizer, config)
+        return _run_chat(args, model, tokenizer, config)
+    except (ConfigError, ConvertError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
