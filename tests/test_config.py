@@ -126,3 +126,35 @@ def test_yaml_in_mindformers_layout(tmp_path):
     path.write_text("model:\n  model_config:\n    num_layerz: 2\n")
     with pytest.raises(ConfigError, match=r"run.yaml: model.model_config: unknown config key 'num_layerz'"):
         TelechatConfig.from_yaml(str(path))
+
+
+# ---- explicit head_dim (per-rank configs of tensor-parallel inference) ----
+
+def test_head_dim_defaults_to_hidden_over_heads_and_is_not_serialised():
+    config = TelechatConfig.preset("tiny_gqa")
+    assert config.head_dim == 16 and config.head_dim_is_derived
+    assert "head_dim" not in config.to_dict() and "head_dim" not in config.to_hf_config()
+    assert TelechatConfig.preset("tiny", head_dim=16) == TelechatConfig.preset("tiny")   # same as derived
+
+
+def test_explicit_head_dim_round_trips_and_counts_parameters(tmp_path):
+    # the TP=2 rank config of tiny_gqa: 2 query heads, 1 kv head, global head_dim 16 (2 * 16 != hidden 64)
+    config = TelechatConfig.preset("tiny_gqa", num_heads=2, num_kv_heads=1, ffn_hidden_size=80, head_dim=16)
+    assert config.head_dim == 16 and not config.head_dim_is_derived
+    assert config.to_dict()["head_dim"] == 16 and config.to_hf_config()["head_dim"] == 16
+    assert TelechatConfig.from_hf_config(config.to_hf_config()) == config
+    config.to_yaml(str(tmp_path / "rank.yaml"))
+    assert TelechatConfig.from_yaml(str(tmp_path / "rank.yaml")) == config
+    h, q, kv, f, v = 64, 2 * 16, 1 * 16, 80, 512
+    layer = (q * h + 2 * kv * h + h * q + h) + (3 * h * f + h) + 2 * h
+    assert config.num_parameters() == 2 * v * h + 2 * layer + h
+
+
+@pytest.mark.parametrize("head_dim,pattern", [
+    (15, r"head_dim \(15\) must be even for rotary embedding"),
+    (0, r"head_dim must be a positive integer, got 0"),
+    (16.0, r"head_dim must be int, got 16.0"),
+])
+def test_bad_explicit_head_dim_is_named(head_dim, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        TelechatConfig(**{**PRESETS["tiny"], "head_dim": head_dim})

@@ -78,10 +78,17 @@ class TelechatConfig:
     router_z_loss_coef: float = 0.0
     compute_dtype: str = "float32"
     param_dtype: str = "float32"
+    # None -> hidden_size/num_heads (every TeleChat2 model). Explicit only where num_heads*head_dim != hidden_size:
+    # the per-rank config of tensor-parallel inference keeps the global head_dim with num_heads/tp heads.
+    # Resolved to an int here (like num_kv_heads), so dataclasses.replace(hidden_size=...) keeps the old value:
+    # pass head_dim=None with it to re-derive. Serialised only when it differs from hidden_size/num_heads.
+    head_dim: int | None = None
 
     def __post_init__(self):
         if self.num_kv_heads is None:
             self.num_kv_heads = self.num_heads
+        if self.head_dim is not None:
+            check_positive("head_dim", self.head_dim)
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
                      "ffn_hidden_size", "training_seqlen", "base_seqlen", "seq_length"):
             check_positive(name, getattr(self, name))
@@ -93,12 +100,17 @@ class TelechatConfig:
         self._check_combinations()
 
     def _check_combinations(self):
-        if self.hidden_size % self.num_heads:
-            raise ConfigError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
+        if self.head_dim is None:
+            if self.hidden_size % self.num_heads:
+                raise ConfigError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
+            self.head_dim = self.hidden_size // self.num_heads
+            if self.head_dim % 2:
+                raise ConfigError(f"head_dim = hidden_size/num_heads = {self.head_dim} must be even for rotary "
+                                  "embedding")
+        elif self.head_dim % 2:
+            raise ConfigError(f"head_dim ({self.head_dim}) must be even for rotary embedding")
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(f"num_heads ({self.num_heads}) must be divisible by num_kv_heads ({self.num_kv_heads})")
-        if self.head_dim % 2:
-            raise ConfigError(f"head_dim = hidden_size/num_heads = {self.head_dim} must be even for rotary embedding")
         if self.rms_norm_eps <= 0 or self.rope_theta <= 0:
             raise ConfigError(f"rms_norm_eps ({self.rms_norm_eps}) and rope_theta ({self.rope_theta}) must be > 0")
         for name in ("hidden_dropout", "attention_dropout"):
@@ -139,8 +151,9 @@ class TelechatConfig:
 
     # ----- derived -----
     @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
+    def head_dim_is_derived(self) -> bool:
+        """True when head_dim is hidden_size/num_heads (then it is not serialised)."""
+        return self.head_dim * self.num_heads == self.hidden_size
 
     @property
     def is_moe(self) -> bool:
@@ -149,7 +162,8 @@ class TelechatConfig:
     def num_parameters(self, active: bool = False) -> int:
         """Parameter count from the architecture (spec §1). `active`: per token for MoE (top-k experts)."""
         h, f, hd = self.hidden_size, self.ffn_hidden_size, self.head_dim
-        attn = h * h + 2 * self.num_kv_heads * hd * h + h * h + h     # query, key_value, dense (+bias)
+        q = self.num_heads * hd                                        # = h unless head_dim is explicit
+        attn = q * h + 2 * self.num_kv_heads * hd * h + h * q + h      # query, key_value, dense (+bias)
         expert = 3 * h * f + h                                         # gate, up, down (+bias)
         if self.is_moe:
             n_exp = self.num_experts_per_tok if active else self.num_experts
@@ -162,7 +176,10 @@ class TelechatConfig:
 
     # ----- (de)serialisation -----
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if self.head_dim_is_derived:
+            del out["head_dim"]                  # re-derived on load (stays right if hidden_size is overridden)
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> "TelechatConfig":
@@ -226,6 +243,8 @@ class TelechatConfig:
         if self.is_moe:
             out.update(num_experts=self.num_experts, num_experts_per_tok=self.num_experts_per_tok,
                        norm_topk_prob=self.norm_topk_prob, routed_scaling_factor=self.routed_scaling_factor)
+        if not self.head_dim_is_derived:
+            out["head_dim"] = self.head_dim      # not a TeleChat2 HF key (the HF file derives it); ours reads it back
         return out
 
     @classmethod

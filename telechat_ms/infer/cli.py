@@ -55,7 +55,8 @@ def _load(args):
     from ..data.tokenizer import TelechatTokenizer
     from ..model import Kernels, TelechatForCausalLM
     ms.set_context(mode=ms.GRAPH_MODE if args.mode == "graph" else ms.PYNATIVE_MODE)
-    ms.set_device(args.device_target)
+    if ms.get_context("device_target") != args.device_target:   # fixed once used (e.g. by a TP worker's init())
+        ms.set_device(args.device_target)
     kernels = Kernels.for_device(args.device_target)
     if args.tp > 1:
         from .tp import load_tensor_parallel
@@ -64,6 +65,11 @@ def _load(args):
         model = TelechatForCausalLM.from_pretrained(args.model, kernels)
     model.set_train(False)
     return model, TelechatTokenizer(args.tokenizer or args.model)
+
+
+def _is_lead(model) -> bool:
+    """Rank 0 of a tensor-parallel job (or the only process) prints and writes; the other ranks compute."""
+    return getattr(model, "tp_rank", 0) == 0
 
 
 def _report(result, out) -> None:
@@ -92,6 +98,8 @@ def _run_batch(args, model, tokenizer, config) -> int:
     if not prompts:
         raise ConfigError(f"{args.input}: no prompts")
     answers, result = complete(model, tokenizer, prompts, config, args.max_length or model.config.seq_length)
+    if not _is_lead(model):
+        return 0
     text = "".join(json.dumps({**row, "answer": ans}, ensure_ascii=False) + "\n" for row, ans in zip(rows, answers))
     if args.output:
         atomic_write_text(args.output, text)
@@ -105,7 +113,8 @@ def _run_chat(args, model, tokenizer, config) -> int:
     from .chat import ChatSession
     session = ChatSession(model, tokenizer, config, system=args.system, style=args.template,
                           max_length=args.max_length)
-    stream = None if args.no_stream else (lambda t: print(t, end="", flush=True))
+    lead = _is_lead(model)
+    stream = None if args.no_stream or not lead else (lambda t: print(t, end="", flush=True))
     questions = [args.prompt] if args.prompt else None
     while True:
         if questions is not None:
@@ -120,14 +129,19 @@ def _run_chat(args, model, tokenizer, config) -> int:
             if question.strip() in ("/exit", "/quit"):
                 return 0
         answer, result = session.ask(question, on_text=stream)
-        print("" if stream else answer)
-        _report(result, sys.stderr)
+        if lead:
+            print("" if stream else answer)
+            _report(result, sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not (args.prompt or args.input or args.interactive):
         print("error: give --prompt, --input or --interactive", file=sys.stderr)
+        return 2
+    if args.interactive and args.tp > 1:
+        # every rank must run the same steps, but only one process can read the terminal
+        print("error: --interactive is single-process; with --tp use --prompt or --input", file=sys.stderr)
         return 2
     try:
         config = generation_config(args)

@@ -39,16 +39,21 @@ class DecoderLayer(nn.Cell):
         self.mlp_dropout = nn.Dropout(p=p) if p > 0 else nn.Identity()
         self.add_attn = ops.Add()
         self.add_mlp = ops.Add()
+        # collective hooks: identity on one device; tensor-parallel inference (telechat_ms/infer/tp.py) installs
+        # an AllReduce here that sums the row-parallel partial outputs of attention.wo and feed_forward.w2
+        self.attn_collective = nn.Identity()
+        self.mlp_collective = nn.Identity()
 
     def construct(self, x, rope, mask, placement=None):
         """x (B, S, H) -> (y (B, S, H), aux_loss scalar fp32); rope/mask/placement as in Attention."""
         normed = self.attention_norm(x)
         residual = normed if self.residual_from_norm else x
-        h = self.add_attn(residual, self.attn_dropout(self.attention(normed, rope, mask, placement)))
+        attn = self.attn_collective(self.attention(normed, rope, mask, placement))     # (B, S, H)
+        h = self.add_attn(residual, self.attn_dropout(attn))
         normed = self.ffn_norm(h)
         residual = normed if self.residual_from_norm else h
         out, aux = self.feed_forward(normed)
-        return self.add_mlp(residual, self.mlp_dropout(out)), aux
+        return self.add_mlp(residual, self.mlp_dropout(self.mlp_collective(out))), aux
 
     def shard(self, parallel) -> None:
         """Residual adds on (dp, sp) tokens; sub-layers shard themselves."""
