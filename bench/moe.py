@@ -1,4 +1,5 @@
-"""MoE layer forward+backward throughput on CPU: capacity dispatch vs a naive per-expert loop, chunks 1/2/4.
+"""MoE layer forward+backward throughput on CPU: capacity dispatch vs a naive per-expert loop, chunks 1/2/4,
+token groups 1/4.
 
     python bench/moe.py [--tokens 512] [--hidden 256] [--ffn 384] [--experts 16] [--topk 4] [--steps 10]
 
@@ -80,8 +81,8 @@ def time_step(grad_fn, x, steps: int, mode) -> float:
     return steps * x.shape[0] * x.shape[1] / (time.perf_counter() - start)
 
 
-def build(config, training: bool, state=None) -> MoE:
-    cell = MoE(config)
+def build(config, training: bool, state=None, groups: int = 1) -> MoE:
+    cell = MoE(config, groups=groups)
     if state is not None:
         for p in cell.get_parameters():
             p.set_data(state[p.name].copy())
@@ -107,8 +108,8 @@ def main(argv=None):
     state = {p.name: p.clone() for p in MoE(config).get_parameters()}
     variants = []   # (name, mode, grad_fn)
 
-    def add(name, cfg, training, mode, naive=False):
-        layer = build(cfg, training, state)
+    def add(name, cfg, training, mode, naive=False, groups=1):
+        layer = build(cfg, training, state, groups)
         variants.append((name, mode, make_step(NaiveMoE(layer) if naive else layer, x, mode)))
 
     print(f"N={args.tokens} tokens, H={args.hidden}, F={args.ffn}, E={args.experts}, k={args.topk}, "
@@ -117,6 +118,7 @@ def main(argv=None):
     for chunks in (1, 2, 4):
         add(f"capacity (dropping), graph, chunks {chunks}", dataclasses.replace(config, moe_chunks=chunks),
             True, ms.GRAPH_MODE)
+    add("capacity (dropping), graph, groups 4", config, True, ms.GRAPH_MODE, groups=4)
     add("capacity dropless (C = N), graph", config, False, ms.GRAPH_MODE)
     add("capacity (dropping), pynative", config, True, ms.PYNATIVE_MODE)
     add("naive per-expert loop (dropless), pynative", config, False, ms.PYNATIVE_MODE, naive=True)

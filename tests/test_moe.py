@@ -13,7 +13,7 @@ import torch
 import mindspore as ms
 from mindspore import nn
 
-from telechat_ms import TelechatForCausalLM
+from telechat_ms import Kernels, TelechatForCausalLM
 from telechat_ms.config.model import TelechatConfig
 from telechat_ms.convert.names import hf_to_ms, name_table
 from telechat_ms.model.moe import MoE, expert_capacity
@@ -28,9 +28,9 @@ def use_mode(mode=ms.GRAPH_MODE):
     ms.set_device("CPU")
 
 
-def moe_layer(config, hf_state=None, training=False, layer=0) -> MoE:
+def moe_layer(config, hf_state=None, training=False, layer=0, groups=1, kernels=None) -> MoE:
     """A stand-alone MoE cell holding layer `layer` of an HF-named state (train/eval fixed before compiling)."""
-    cell = MoE(config)
+    cell = MoE(config, kernels, groups=groups)
     if hf_state is not None:
         prefix = f"model.layers.{layer}.feed_forward."
         params = {k[len(prefix):]: v for k, v in hf_to_ms(hf_state, config).items() if k.startswith(prefix)}
@@ -131,11 +131,16 @@ def test_expert_capacity_formula():
 CHOICES = [(0, 1), (0, 1), (0, 1), (0, 2), (0, 2), (0, 2), (1, 2), (1, 3)]
 KEPT = [(1, 0), (1, 0), (0, 0), (0, 1), (0, 1), (0, 0), (1, 0), (1, 1)]
 TOKEN_MAJOR_KEPT = [(1, 1), (1, 1), (0, 0), (0, 1), (0, 1), (0, 0), (0, 0), (0, 1)]
+# Two token groups (t0-t3, t4-t7), each with its own queues and C = ceil(2*4*0.5/4) = 1. Group 0: expert 0 <-
+# t0..t3 (1st): keeps t0; 2nd choices: expert 1 <- t0 (kept), t1, t2 (dropped); expert 2 <- t3 (kept).
+# Group 1: 1st: expert 0 <- t4 (kept), t5 (dropped); expert 1 <- t6 (kept), t7 (dropped); 2nd: expert 2 <- t4
+# (kept), t5, t6 (dropped); expert 3 <- t7 (kept).
+KEPT_TWO_GROUPS = [(1, 1), (0, 0), (0, 0), (0, 1), (1, 1), (0, 0), (1, 0), (0, 1)]
 
 
-def _indicator_layer(config, training):
+def _indicator_layer(config, training, groups=1):
     """Router = identity on the first E dims; experts output only their bias e_e (so y shows kept weights)."""
-    cell = moe_layer(config, training=training)
+    cell = moe_layer(config, training=training, groups=groups)
     e, h = config.num_experts, config.hidden_size
     params = {p.name: p for p in cell.get_parameters()}
     params["router.dense.weight"].set_data(ms.Tensor(np.eye(e, h, dtype=np.float32)))
@@ -165,39 +170,87 @@ def test_capacity_drops_by_choice_rank_priority():
     assert np.abs(y_train - _expected_indicator(config, TOKEN_MAJOR_KEPT)).max() > 0.1
     y_eval, _ = run_layer(_indicator_layer(config, training=False), x)   # eval is dropless
     np.testing.assert_allclose(y_eval, _expected_indicator(config, [(1, 1)] * len(CHOICES)), atol=1e-6)
+    y_groups, _ = run_layer(_indicator_layer(config, training=True, groups=2), x)   # per-group queues
+    np.testing.assert_allclose(y_groups, _expected_indicator(config, KEPT_TWO_GROUPS), atol=1e-6)
 
 
-@pytest.mark.parametrize("chunks", [1, 2])
-def test_random_dropping_matches_reference(chunks):
-    """Capacity per chunk against the reference's explicit per-expert queues."""
+@pytest.mark.parametrize("chunks,groups", [(1, 1), (2, 1), (2, 2)])
+def test_random_dropping_matches_reference(chunks, groups):
+    """Capacity per chunk and per token group against the reference's explicit per-expert queues."""
     use_mode()
     config = TelechatConfig.preset("tiny_moe", num_layers=1, moe_capacity_factor=1.0, moe_chunks=chunks)
     state = random_hf_moe_state(config, seed=5, router_std=1.0)
-    ref = TorchMoE(config, capacity_factor=1.0, chunks=chunks)
+    ref = TorchMoE(config, capacity_factor=1.0, chunks=chunks, groups=groups)
     load_moe(ref, state, 0)
     x = np.random.default_rng(1).normal(0, 1, (2, 16, config.hidden_size)).astype(np.float32)
-    y, aux = run_layer(moe_layer(config, state, training=True), x)
+    y, aux = run_layer(moe_layer(config, state, training=True, groups=groups), x)
     with torch.no_grad():
         y_ref = ref(torch.from_numpy(x)).numpy()
         idx = torch.topk(torch.softmax(ref.router(torch.from_numpy(x)), -1), 2, -1).indices
-        dropped = int((~ref.keep_mask(idx)).sum())
-    assert dropped > 0                                    # the case really exercises dropping
+        keep = ref.keep_mask(idx)
+    assert int((~keep).sum()) > 0                         # the case really exercises dropping
+    if groups > 1:                                        # and per-group queues really differ from global ones
+        assert not torch.equal(keep, TorchMoE(config, 1.0, chunks).keep_mask(idx))
     assert np.abs(y - y_ref).max() <= 1e-5
     np.testing.assert_allclose(aux, float(ref.aux), rtol=1e-5)
 
 
-# ---------------------------------------------------------------- chunks
+def test_gradients_with_groups_and_dropping_match_reference():
+    """Layer gradients (router and every expert tensor) with G = 2 groups, token dropping and z-loss."""
+    use_mode()
+    config = TelechatConfig.preset("tiny_moe", num_layers=1, moe_capacity_factor=1.0, router_z_loss_coef=1e-3)
+    state = random_hf_moe_state(config, seed=11, router_std=1.0)
+    rng = np.random.default_rng(12)
+    x = rng.normal(0, 1, (2, 16, config.hidden_size)).astype(np.float32)
+    probe = rng.normal(0, 1, x.shape).astype(np.float32)
+    cell = moe_layer(config, state, training=True, groups=2)
 
-def test_chunks_identical_when_dropless():
+    def objective(inp):
+        y, aux = cell(inp)
+        return (y * ms.Tensor(probe)).sum() + aux
+    params = cell.trainable_params()
+    _, grads = ms.value_and_grad(objective, None, params)(ms.Tensor(x))
+    ref = TorchMoE(config, capacity_factor=1.0, groups=2)
+    load_moe(ref, state, 0)
+    ((ref(torch.from_numpy(x)) * torch.from_numpy(probe)).sum() + ref.aux).backward()
+    expected = {"router.dense.weight": ref.router.weight.grad.numpy(),
+                "ffn.w2.bias": np.stack([e.down_proj.bias.grad.numpy() for e in ref.local_experts])}
+    for ours, theirs in (("w1", "gate_proj"), ("w3", "up_proj"), ("w2", "down_proj")):
+        expected[f"ffn.{ours}.weight"] = np.stack([getattr(e, theirs).weight.grad.numpy() for e in ref.local_experts])
+    got = {p.name: g.asnumpy() for p, g in zip(params, grads)}
+    assert set(got) == set(expected)
+    for name, want in expected.items():
+        rel = np.abs(got[name] - want).max() / np.abs(want).max()
+        assert rel <= 1e-4, (name, rel)
+
+
+# ---------------------------------------------------------------- chunks and groups
+
+@pytest.mark.parametrize("chunks,groups", [(4, 1), (1, 2), (2, 4)])
+def test_dropless_identical_for_any_chunks_and_groups(chunks, groups, dropless_base):
+    """Dropless: outputs do not depend on chunks or groups; aux does not depend on chunks and is the per-group
+    mean for G > 1 (reference formula)."""
+    use_mode()
+    base, state, x, (y0, aux0) = dropless_base
+    config = dataclasses.replace(base, moe_chunks=chunks)
+    y, aux = run_layer(moe_layer(config, state, training=True, groups=groups), x)
+    assert np.abs(y - y0).max() <= 1e-6
+    ref = TorchMoE(config, groups=groups)
+    load_moe(ref, state, 0)
+    with torch.no_grad():
+        ref(torch.from_numpy(x))
+    assert aux == pytest.approx(float(ref.aux), rel=1e-5)
+    if groups == 1:
+        assert aux == pytest.approx(aux0, rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def dropless_base():
     use_mode()
     base = TelechatConfig.preset("tiny_moe", num_layers=1, moe_token_dropping=False)
     state = random_hf_moe_state(base, seed=7)
     x = np.random.default_rng(2).normal(0, 1, (2, 16, base.hidden_size)).astype(np.float32)
-    outs = [run_layer(moe_layer(dataclasses.replace(base, moe_chunks=c), state, training=True), x)
-            for c in (1, 2, 4)]
-    for y, aux in outs[1:]:
-        assert np.abs(y - outs[0][0]).max() <= 1e-6
-        assert aux == pytest.approx(outs[0][1], rel=1e-6)
+    return base, state, x, run_layer(moe_layer(base, state, training=True), x)
 
 
 def test_chunks_must_divide_sequence():
@@ -205,6 +258,13 @@ def test_chunks_must_divide_sequence():
     config = TelechatConfig.preset("tiny_moe", num_layers=1, moe_chunks=4)
     with pytest.raises(ValueError, match="moe_chunks=4"):
         run_layer(moe_layer(config), np.zeros((2, 6, config.hidden_size), np.float32))
+
+
+def test_groups_must_divide_chunk_tokens():
+    use_mode()
+    config = TelechatConfig.preset("tiny_moe", num_layers=1, moe_chunks=2)
+    with pytest.raises(ValueError, match="groups=4 .* 6 tokens per chunk"):
+        run_layer(moe_layer(config, groups=4), np.zeros((1, 12, config.hidden_size), np.float32))
 
 
 # ---------------------------------------------------------------- aux loss
@@ -321,3 +381,74 @@ def test_training_lowers_loss_and_uses_every_expert():
     model.set_train(False)
     for counts in _expert_counts(model, ids):
         assert (counts > 0).all(), counts
+
+
+# ---------------------------------------------------------------- Ascend grouped-matmul path (selection only)
+
+def test_grouped_matmul_flag_holds_the_ascend_primitives_and_keeps_the_plain_path():
+    """Kernels.grouped_matmul (set for Ascend) makes every MoE hold GroupedMatmul / MoeTokenPermute /
+    MoeTokenUnpermute (no CPU kernels: never executed here). Token dropping (training) still takes the capacity
+    path, which is exactly the plain one; a plain build holds none of the Ascend primitives."""
+    assert Kernels.for_device("Ascend").grouped_matmul and not Kernels.for_device("CPU").grouped_matmul
+    config = TelechatConfig.preset("tiny_moe", num_layers=1, moe_capacity_factor=1.0)
+    fused = TelechatForCausalLM(config, Kernels(grouped_matmul=True))
+    for layer in fused.model.layers:
+        moe = layer.feed_forward
+        assert moe.use_grouped_matmul
+        assert type(moe.ffn.gmm).__name__ == "GroupedMatmul" and moe.ffn.gmm.attrs["transpose_b"]
+        assert type(moe.token_permute).__name__ == "MoeTokenPermute"
+        assert type(moe.token_unpermute).__name__ == "MoeTokenUnpermute"
+    plain = TelechatForCausalLM(config).model.layers[0].feed_forward
+    assert not plain.use_grouped_matmul
+    assert not any(hasattr(plain, a) for a in ("token_permute", "token_unpermute")) and not hasattr(plain.ffn, "gmm")
+    use_mode()
+    state = random_hf_moe_state(config, seed=13, router_std=1.0)
+    x = np.random.default_rng(8).normal(0, 1, (2, 8, config.hidden_size)).astype(np.float32)
+    y_fused, aux_fused = run_layer(moe_layer(config, state, training=True, kernels=Kernels(grouped_matmul=True)), x)
+    y_plain, aux_plain = run_layer(moe_layer(config, state, training=True), x)
+    assert np.array_equal(y_fused, y_plain) and aux_fused == aux_plain
+
+
+def _stand_in_permute(tokens, indices):
+    """moe_token_permute as documented: rows sorted (stably) by expert; returns the inverse row map."""
+    idx = indices.asnumpy()
+    order = np.argsort(idx.reshape(-1), kind="stable")
+    row_map = np.empty_like(order)
+    row_map[order] = np.arange(order.size)
+    return ms.Tensor(tokens.asnumpy()[order // idx.shape[1]]), ms.Tensor(row_map.astype(np.int32))
+
+
+def _stand_in_unpermute(rows, row_map, probs):
+    """moe_token_unpermute as documented: out_t = sum_j probs_tj * rows[row_map[t*k + j]]."""
+    p = probs.asnumpy()
+    picked = rows.asnumpy()[row_map.asnumpy()].reshape(p.shape[0], p.shape[1], -1)
+    return ms.Tensor((picked * p[..., None]).sum(1).astype(np.float32))
+
+
+def _stand_in_gmm(x, weight, *args):
+    """GroupedMatmul(split_item=3, group_type=0, transpose_b=True): rows [end_{e-1}, end_e) times W_e^T."""
+    rows, w, ends = x[0].asnumpy(), weight[0].asnumpy(), args[-1].asnumpy()
+    out, start = np.zeros((rows.shape[0], w.shape[1]), np.float32), 0
+    for e, end in enumerate(ends):
+        out[start:end] = rows[start:end] @ w[e].T
+        start = end
+    return (ms.Tensor(out),)
+
+
+def test_grouped_matmul_glue_with_cpu_stand_ins():
+    """The fused path's own code (group_list from counts, fp32 unpermute, weighted bias) with documented-semantics
+    stand-ins for the three Ascend kernels, PyNative: equals the plain dropless layer. Proves the glue only,
+    not the kernels."""
+    use_mode(ms.PYNATIVE_MODE)
+    try:
+        config = TelechatConfig.preset("tiny_moe", num_layers=1)
+        state = random_hf_moe_state(config, seed=14, router_std=1.0)
+        x = np.random.default_rng(9).normal(0, 1, (2, 8, config.hidden_size)).astype(np.float32)
+        fused = moe_layer(config, state, kernels=Kernels(grouped_matmul=True))
+        fused.token_permute, fused.token_unpermute, fused.ffn.gmm = (_stand_in_permute, _stand_in_unpermute,
+                                                                     _stand_in_gmm)
+        y_fused, aux_fused = run_layer(fused, x)
+        y_plain, aux_plain = run_layer(moe_layer(config, state), x)
+        assert np.abs(y_fused - y_plain).max() <= 1e-6 and aux_fused == pytest.approx(aux_plain, rel=1e-6)
+    finally:
+        use_mode()

@@ -49,12 +49,20 @@ def test_standalone_numerics_unchanged_by_strategies_stages_and_recompute():
 
 
 def test_standalone_moe_logits_unchanged():
-    """Eval (dropless): capacity rounding for the slot split cannot change anything either."""
+    """Eval (dropless): per-group dispatch (G = dp' = 2) and capacity rounding cannot change the logits. The aux
+    loss becomes the official per-group one: with G = 2 groups = the 2 batch rows, it is the mean of each row's
+    aux alone; the LM part of the loss is unchanged."""
     set_mode("graph")
     ref, sharded, _ = _pair("tiny_moe")
+    assert [layer.feed_forward.groups for layer in sharded.model.layers] == [2, 2]
     ids = Tensor(np.random.default_rng(1).integers(0, 512, (2, 16)).astype(np.int32))
     assert np.array_equal(ref(ids).asnumpy(), sharded(ids).asnumpy())
-    assert ref(ids, ids).asnumpy() == sharded(ids, ids).asnumpy()
+    aux_ref, aux_sharded = (float(m.model(ids)[1].asnumpy()) for m in (ref, sharded))
+    per_row = [float(ref.model(ids[i:i + 1])[1].asnumpy()) for i in range(2)]
+    assert aux_sharded == pytest.approx(np.mean(per_row), rel=1e-6) and aux_sharded != aux_ref
+    lm_ref = float(ref(ids, ids).asnumpy()) - aux_ref
+    lm_sharded = float(sharded(ids, ids).asnumpy()) - aux_sharded
+    assert lm_sharded == pytest.approx(lm_ref, abs=1e-6)
 
 
 # ----------------------------------------------------------------------------- shape table vs a real run

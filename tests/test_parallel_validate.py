@@ -201,13 +201,46 @@ def test_115b_validates_without_allocating_weights(kernels):
         assert flash.strategy == ((8, 8, 1, 1),) * 3 + ((8, 1, 1, 1),)
 
 
-def test_moe_capacity_is_rounded_for_the_slot_split():
+def test_moe_token_groups_layout_and_capacity_rounding():
+    """Per-group dispatch: G = dp' token groups (own queues and capacity) split by dp'; the experts' slot axis
+    G*C is split by dp'/ep' on its group part (C itself never), transpose_in reads (G, E, C, H) as (slot, ep')
+    -- the dispatch all-to-all --; the batch-mode gathers use dp' devices; C rounded to mp' like the official
+    port (1 with ep_extend_tp, mp without)."""
     model = model_for("tiny_moe")
     par = ParallelConfig(data_parallel=8, expert_parallel=2, model_parallel=2, ep_extend_tp=True,
                          use_seq_parallel=True, vocab_emb_dp=False)
     shard(model, par)
-    assert model.model.layers[0].feed_forward.capacity_multiple == 4        # dp / ep
+    moe = model.model.layers[0].feed_forward
+    assert (moe.groups, moe.capacity_multiple) == (16, 1)                   # dp' = dp * mp, mp' = 1
     report = validate(model, par, batch=8, seq_len=SEQ)
-    bmm = next(op for op in report.ops if op.path.endswith("feed_forward.ffn.w1.bmm"))
-    assert bmm.strategy == ((4, 4, 1), (4, 1, 1)) and bmm.devices == 16     # (ep'=ep*mp, slot, mp'=1)
+    ops = {op.path.split("layers.0.feed_forward.")[1]: op for op in report.ops if "layers.0.feed_forward." in op.path}
+    bmm = ops["ffn.w1.bmm"]
+    assert bmm.strategy == ((4, 4, 1), (4, 1, 1)) and bmm.devices == 16     # (ep'=ep*mp, slot=dp/ep, mp'=1)
     assert int(np.prod(bmm.strategy[0])) == par.stage_device_num
+    assert bmm.calls[0][0][1] == 16 * moe_capacity(moe, 8 * SEQ // 16)       # slot axis = G * C
+    assert ops["transpose_in"].strategy == ((4, 4, 1, 1),) and ops["transpose_out"].strategy == ((4, 4, 1, 1),)
+    gather = ops["gather"]
+    assert gather.strategy == ((16, 1, 1), (16, 1)) and gather.devices == 16   # per group, not 16 x 16
+    plain = par.replace(ep_extend_tp=False)
+    shard(model, plain)
+    assert (moe.groups, moe.capacity_multiple) == (8, 2)                    # dp' = dp, mp' = mp
+    assert validate(model, plain, batch=8, seq_len=SEQ).ops
+
+
+def moe_capacity(moe, tokens_per_group):
+    from telechat_ms.model.moe import expert_capacity
+    return expert_capacity(tokens_per_group, moe.top_k, moe.num_experts, moe.capacity_factor, moe.token_dropping,
+                           moe.capacity_multiple)
+
+
+def test_batch_gather_rule_needs_equal_group_splits():
+    """Batch-mode Gather (the MoE's per-group gathers): MindSpore requires the batch axes split alike."""
+    from mindspore import ops as msops
+    from telechat_ms.parallel.rules import check_call
+    gather = msops.Gather(batch_dims=1)
+    shapes = ((8, 5, 16), (8, 12))
+    assert check_call("g", gather, ((4, 1, 1), (4, 1)), None, shapes, 8) == 4
+    with pytest.raises(StrategyError, match="batch axis 0"):
+        check_call("g", gather, ((4, 1, 1), (2, 1)), None, shapes, 8)
+    with pytest.raises(StrategyError, match="gather axis"):
+        check_call("g", gather, ((4, 5, 1), (4, 1)), None, shapes, 20)

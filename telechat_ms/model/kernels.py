@@ -2,7 +2,8 @@
 
 The choice is made once, by whoever builds the model (from the device target), and passed in; model code
 never reads the global context. Both paths compute the same math; CPU always uses the plain path
-(no CPU kernels exist for flash attention, RmsNorm or ApplyRotaryPosEmb, see docs/architecture.md).
+(no CPU kernels exist for flash attention, RmsNorm, ApplyRotaryPosEmb or GroupedMatmul / MoeTokenPermute,
+see docs/architecture.md and docs/moe.md).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ class Kernels:
     flash_attention: bool = False   # ops FlashAttentionScore (BNSD) instead of matmul-softmax-matmul
     fused_rms_norm: bool = False    # ops.rms_norm instead of fp32 square-mean-rsqrt
     fused_rope: bool = False        # ops.rotary_position_embedding (rotate-half mode) instead of slicing
+    grouped_matmul: bool = False    # MoE dropless experts: moe_token_permute + GroupedMatmul + moe_token_unpermute
 
     @classmethod
     def plain(cls) -> "Kernels":
@@ -25,5 +27,5 @@ class Kernels:
         if device_target not in ("Ascend", "CPU", "GPU"):
             raise ValueError(f"device_target must be Ascend, CPU or GPU, got {device_target!r}")
         if device_target == "Ascend":
-            return cls(flash_attention=True, fused_rms_norm=True, fused_rope=True)
+            return cls(flash_attention=True, fused_rms_norm=True, fused_rope=True, grouped_matmul=True)
         return cls()

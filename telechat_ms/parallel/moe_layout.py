@@ -3,9 +3,12 @@
 Inside the MoE the device group of a pipeline stage (dp * mp ranks) is re-read as
     tokens  dp' = dp * mp, experts ep' = ep * mp, expert FFN mp' = 1      with ep_extend_tp
     tokens  dp' = dp,      experts ep' = ep,      expert FFN mp' = mp     without
-and the capacity (slot) axis of the dispatched buffer (E, C, H) is split by slot = dp' / ep' (= dp / ep).
-Every expert tensor is therefore laid out (ep', slot, mp') over exactly dp * mp ranks; the change from
-tokens-by-dp' to experts-by-ep' between router and experts is the all-to-all of expert parallelism.
+The MoE dispatches per token group (official per-data-parallel-group semantics): G = dp' groups, each with its
+own expert queues and capacity, buffer (G, E, C, H) split by dp' on G. `transpose_in` turns it into
+(E, G, C, H) -> (E, G*C, H) laid out (ep', slot, ., .) with slot = dp' / ep' (= dp / ep) on the group axis:
+the change from groups-by-dp' to experts-by-ep' is the dispatch all-to-all (inside each ep' group), and
+`transpose_out` + the combine gather's (dp', ...) layout is the all-to-all back. Every expert tensor is laid
+out (ep', slot, mp') over exactly dp * mp ranks; the capacity axis C itself is never split.
 `shard_moe(moe_cell, parallel)` applies the plans below to telechat_ms.model.moe (docs/parallel.md).
 """
 from __future__ import annotations
@@ -18,11 +21,12 @@ from .strategies import ONE, OpPlan, Plan, Split, _op, apply_plan
 
 @dataclass(frozen=True)
 class MoeLayout:
-    dp: Split           # token split inside the MoE (router, aux loss, dispatch indices)
+    dp: Split           # token split inside the MoE (router, aux loss, token groups)
     ep: Split           # expert split of the stacked (E, ., .) weights and the dispatched buffer
     mp: Split           # split of the expert FFN dimension
-    slot: Split         # split of the capacity axis C of the dispatched buffer
-    capacity_multiple: int   # the MoE must round C up to a multiple of this (= slot)
+    slot: Split         # split of the group part of the experts' slot axis G*C (= dp' / ep')
+    groups: int              # MoE.groups: token groups with their own capacity (= dp')
+    capacity_multiple: int   # MoE.capacity_multiple: C rounded up to a multiple of mp' (official rounding)
 
 
 def moe_layout(parallel, model_cfg=None) -> MoeLayout:
@@ -38,11 +42,13 @@ def moe_layout(parallel, model_cfg=None) -> MoeLayout:
         raise ConfigError(f"expert_parallel ({parallel.expert_parallel}) must divide data_parallel "
                           f"({parallel.data_parallel})")
     slot = Split(parallel.data_parallel // parallel.expert_parallel, ("data_parallel", "expert_parallel"))
+    # capacity rounding as the official port (a multiple of the MoE's model-parallel size); the layout itself
+    # does not need it since C is never split
     if parallel.ep_extend_tp:
         layout = MoeLayout(dp * mp, Split(int(ep) * int(mp), ("expert_parallel", "model_parallel", "ep_extend_tp")),
-                           ONE, slot, int(slot))
+                           ONE, slot, int(dp) * int(mp), 1)
     else:
-        layout = MoeLayout(dp, ep, mp, slot, int(slot))
+        layout = MoeLayout(dp, ep, mp, slot, int(dp), int(mp))
     experts = getattr(model_cfg, "num_experts", None)
     if experts and experts % layout.ep:
         raise ConfigError(f"num_experts ({experts}) must be divisible by the expert split {layout.ep.describe()}")
@@ -53,8 +59,10 @@ def moe_strategies(parallel, model_cfg=None) -> dict[str, Plan]:
     """Named plans, keyed by the attribute path inside the MoE cell ('' = the MoE cell itself)."""
     lay = moe_layout(parallel, model_cfg)
     tok = (lay.dp, ONE)
-    expert_in = (lay.ep, lay.slot, ONE)         # (E, C, H)
-    expert_mid = (lay.ep, lay.slot, lay.mp)     # (E, C, F)
+    group3 = (lay.dp, ONE, ONE)                 # (G, ., .) token groups by dp'
+    assignments = (ONE, lay.dp, ONE)            # (k*n_g, G, E) one-hot / queue counts, per group
+    expert_in = (lay.ep, lay.slot, ONE)         # (E, G*C, H)
+    expert_mid = (lay.ep, lay.slot, lay.mp)     # (E, G*C, F)
     return {
         # the router is tiny (E x H): replicated weight, tokens split by dp'
         "router.dense": {"matmul": _op(tok, (ONE, ONE))},
@@ -65,11 +73,15 @@ def moe_strategies(parallel, model_cfg=None) -> dict[str, Plan]:
         "ffn.w2": {"bmm": _op(expert_mid, (lay.ep, ONE, lay.mp)),            # row in F: reduce over mp'
                    "bias_add": _op(expert_in, (lay.ep, ONE, ONE)), "expand": _op((lay.ep, ONE))},
         "ffn": {"mul": _op(expert_mid, expert_mid)},
-        # dispatch / combine bookkeeping of the current (global-capacity) MoE: one-hot and transpose by
-        # tokens; each expert's queue count (cumsum over tokens) by experts; the token gathers read a
-        # replicated token table, their index / output split so that (E*C, H) lands as (ep', slot) blocks
-        "": {"one_hot": _op(tok, (), ()), "transpose": _op(tok), "cumsum": _op((ONE, lay.ep)),
-             "gather": _op((ONE, ONE), (lay.dp,)), "concat0": _op((ONE, ONE), (ONE, ONE))},
+        # dispatch / combine: everything before transpose_in and after transpose_out is local to a token group
+        # (G = dp' groups split by dp'); the expert queues count along the assignment axis (cumsum axis 0)
+        "": {"transpose": _op(group3), "one_hot": _op(assignments, (), ()), "cumsum": _op(assignments),
+             "transpose_slots": _op((ONE, lay.dp)), "pad_concat": _op(group3, group3),
+             "gather": _op(group3, (lay.dp, ONE)),                             # batch_dims=1: per group
+             # (G, E, C, H) read as groups by slot x experts by ep': from the gather's (dp', 1, 1, 1) this is the
+             # dispatch all-to-all; transpose_out's output (slot, ep') -> pad_concat (dp', 1, 1) the one back
+             "transpose_in": _op((lay.slot, lay.ep, ONE, ONE)),
+             "transpose_out": _op((lay.ep, lay.slot, ONE, ONE))},
     }
 
 
@@ -97,11 +109,15 @@ def _exists(cell, path: str) -> bool:
 
 
 def shard_moe(moe, parallel) -> None:
-    """Everything MoE.shard(parallel) needs: strategies of the whole MoE subtree and the capacity rounding.
+    """Everything MoE.shard(parallel) needs: strategies of the whole MoE subtree, the token groups (G = dp')
+    and the capacity rounding. Both numbers change the MoE's math (per-group queues / capacity / aux loss)
+    also stand-alone, as the layout would on the cluster; set them before compiling.
 
     The sub-cells (Router, Experts, ExpertLinear, router.dense) are covered here; their own shard() stays empty.
     """
-    moe.capacity_multiple = moe_layout(parallel, moe).capacity_multiple
+    layout = moe_layout(parallel, moe)
+    moe.groups = layout.groups
+    moe.capacity_multiple = layout.capacity_multiple
     apply_plan(moe, moe_plan(moe, parallel))
 
 

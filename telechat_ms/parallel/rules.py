@@ -4,7 +4,8 @@ Generic (every op): one strategy entry per tensor input, () for a scalar, rank e
 every split divides its dimension, and the devices the op uses divide the stage's device count.
 Per op: matmul reduction splits equal (MatMul / BatchMatMul), broadcast dimensions consistent
 (elementwise), axes MindSpore cannot split (softmax / top-k / cumsum / concat / GatherD dim / OneHot depth),
-flash-attention q/k/v/mask agreement, RmsNorm's normalised axis.
+batch-mode Gather (batch axes split alike, gather axis unsplit), flash-attention q/k/v/mask agreement,
+RmsNorm's normalised axis.
 """
 from __future__ import annotations
 
@@ -155,4 +156,14 @@ def check_call(op: str, prim, strategy: tuple, out_strategy, shapes: tuple, stag
     check_special(op, kind, prim, strategy, shapes, axis)
     products = [math.prod(int(s) for s in st) for st in strategy]
     used = math.prod(products) if kind == "Gather" else max(products)
+    batch_dims = int(prim.attrs.get("batch_dims", 0) or 0) if kind == "Gather" else 0
+    if batch_dims:
+        # MindSpore's batch-mode Gather (BatchImpl; the MoE's per-group gathers, axis = batch_dims): batch axes
+        # split alike in params and indices, gather axis unsplit; devices = indices splits x params splits after
+        # the gather axis (the batch axes are shared, not multiplied)
+        params, indices = strategy
+        for i in range(batch_dims):
+            _equal(op, f"batch axis {i} (params vs indices)", params[i], indices[i])
+        _unsplit(op, "gather axis", params[batch_dims])
+        used = products[1] * math.prod(int(s) for s in params[batch_dims:])
     return _devices(op, used, stage_devices, tuple(s for st in strategy for s in st))

@@ -3,7 +3,9 @@
 Written from the spec, not from telechat_ms: a per-expert loop (no dispatch buffers), routing
 softmax(fp32) -> top-k -> / (sum + 1e-9) -> * scale, output sum_k w_k * (SwiGLU_e(x) + b_e).
 Optional capacity dropping follows the spec's priority rule with an explicit Python queue per expert
-(choice rank outer loop, token inner loop), per chunk of the sequence axis.
+(choice rank outer loop, token inner loop), per chunk of the sequence axis and per token group (the official
+port's per-data-parallel-group dispatch: `groups` contiguous blocks of each chunk's batch-major token list,
+each with its own queues and capacity). The aux loss is computed per group of all tokens and averaged.
 """
 from __future__ import annotations
 
@@ -31,12 +33,14 @@ class TorchExpert(nn.Module):
 class TorchMoE(nn.Module):
     """x (B, S, H) -> y; the layer's aux loss is left in `self.aux` (Llama's mlp must return one tensor)."""
 
-    def __init__(self, config, capacity_factor: float | None = None, chunks: int = 1):
+    def __init__(self, config, capacity_factor: float | None = None, chunks: int = 1, groups: int = 1,
+                 capacity_multiple: int = 1):
         super().__init__()
         self.e, self.k = config.num_experts, config.num_experts_per_tok
         self.norm, self.scale = config.norm_topk_prob, config.routed_scaling_factor
         self.alpha, self.z_coef = config.router_aux_loss_coef, config.router_z_loss_coef
         self.capacity_factor, self.chunks = capacity_factor, chunks     # None -> dropless
+        self.groups, self.capacity_multiple = groups, capacity_multiple
         self.router = nn.Linear(config.hidden_size, self.e, bias=False)
         self.local_experts = nn.ModuleList(TorchExpert(config.hidden_size, config.ffn_hidden_size)
                                            for _ in range(self.e))
@@ -61,29 +65,37 @@ class TorchMoE(nn.Module):
         return out.reshape(bsz, seq, hidden)
 
     def keep_mask(self, idx):
-        """(B, S, k) bool: assignment kept under capacity; one queue per expert and sequence chunk, filled
-        rank-major: every token's 1st choice (batch-major token order), then every 2nd choice, ..."""
+        """(B, S, k) bool: assignment kept under capacity; one queue per expert, sequence chunk and token group
+        (contiguous blocks of the chunk's batch-major token list), filled rank-major: every token's 1st choice,
+        then every 2nd choice, ..."""
         keep = torch.ones(idx.shape, dtype=torch.bool)
         if self.capacity_factor is None:
             return keep
         bsz, seq, _ = idx.shape
         step = seq // self.chunks
-        n = bsz * step
-        cap = min(math.ceil(self.k * n * self.capacity_factor / self.e), n)
+        per_group = bsz * step // self.groups
+        cap = min(math.ceil(self.k * per_group * self.capacity_factor / self.e), per_group)
+        cap = -(-cap // self.capacity_multiple) * self.capacity_multiple
         for c in range(self.chunks):
             tokens = [(b, s) for b in range(bsz) for s in range(c * step, (c + 1) * step)]
-            used = [0] * self.e
-            for r in range(self.k):
-                for b, s in tokens:
-                    e = int(idx[b, s, r])
-                    keep[b, s, r] = used[e] < cap
-                    used[e] += 1
+            for g in range(self.groups):
+                used = [0] * self.e
+                for r in range(self.k):
+                    for b, s in tokens[g * per_group:(g + 1) * per_group]:
+                        e = int(idx[b, s, r])
+                        keep[b, s, r] = used[e] < cap
+                        used[e] += 1
         return keep
 
     def aux_loss(self, logits, probs, idx):
-        """alpha * E * sum_i f_i P_i (+ z * mean(logsumexp^2)); f_i = share of the k*N assignments."""
-        f = torch.bincount(idx.reshape(-1), minlength=self.e).float() / idx.numel()
-        aux = self.alpha * self.e * (f * probs.mean(0)).sum()
+        """alpha * E * mean_g sum_i f_gi P_gi (+ z * mean(logsumexp^2)); f_gi = share of group g's k*N_g
+        assignments on expert i, P_gi = group g's mean probability; groups = contiguous blocks of all tokens."""
+        per_group = idx.shape[0] // self.groups
+        aux = 0.0
+        for g in range(self.groups):
+            block = slice(g * per_group, (g + 1) * per_group)
+            f = torch.bincount(idx[block].reshape(-1), minlength=self.e).float() / idx[block].numel()
+            aux = aux + self.alpha * self.e * (f * probs[block].mean(0)).sum() / self.groups
         if self.z_coef > 0:
             aux = aux + self.z_coef * (torch.logsumexp(logits, -1) ** 2).mean()
         return aux
