@@ -1,11 +1,10 @@
 """Generation settings (HF generate semantics), loadable from a TeleChat2 `generation_config.json`."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .base import ConfigError, check_type, strict_from_dict
+from .base import ConfigError, check_type, load_json, strict_from_dict
 
 # generation_config.json keys we accept and drop (bookkeeping, or token ids the tokenizer already defines)
 _HF_IGNORED = frozenset({"_from_model_config", "transformers_version", "bos_token_id", "pad_token_id",
@@ -58,11 +57,4 @@ class GenerationConfig:
     @classmethod
     def from_json(cls, path: str) -> "GenerationConfig":
         """Read an HF `generation_config.json` (e.g. the 115B one: do_sample false, top_k 5, ...)."""
-        try:
-            with open(path, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: file not found") from None
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
-        return cls.from_dict(data, source=path)
+        return cls.from_dict(load_json(path), source=path)

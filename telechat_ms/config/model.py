@@ -5,14 +5,14 @@ Facts (field meanings, HF names, preset values) come from the TeleChat2 spec §1
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import yaml
 
-from .base import ConfigError, atomic_write_text, check_positive, check_type, load_yaml, strict_from_dict
+from .base import (ConfigError, atomic_write_text, check_positive, check_type, load_json, load_yaml,
+                   strict_from_dict)
 
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -213,13 +213,7 @@ class TelechatConfig:
             source = path_or_dict
             if not source.endswith(".json"):
                 source = source.rstrip("/") + "/config.json"
-            try:
-                with open(source, encoding="utf-8") as fh:
-                    data = json.load(fh)
-            except FileNotFoundError:
-                raise ConfigError(f"{source}: file not found") from None
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{source}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+            data = load_json(source)
         # HF class default for a missing num_key_value_heads is None (= MHA); keep it explicit.
         config = strict_from_dict(cls, data, source, aliases=HF_ALIASES, ignored=HF_IGNORED)
         return dataclasses.replace(config, **overrides) if overrides else config
