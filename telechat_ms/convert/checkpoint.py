@@ -57,10 +57,8 @@ def _match(net, params: dict, path: str) -> dict:
     return out
 
 
-def load_pretrained(cls, path: str, kernels=None, **overrides):
-    """cls(config, kernels) with the weights of a directory written by hf2ms / mf2ms; overrides replace config
-    fields (e.g. param_dtype="float32" to run bf16 weights on CPU)."""
-    import mindspore as ms   # pylint: disable=import-outside-toplevel
+def read_config(path: str, **overrides) -> TelechatConfig:
+    """model_config.yaml of a converted directory (+ overrides replacing config fields)."""
     if not os.path.isdir(path):
         raise ConvertError(f"{path}: not a directory (expected a directory written by convert/hf2ms.py)")
     config_path = os.path.join(path, MODEL_CONFIG)
@@ -68,9 +66,16 @@ def load_pretrained(cls, path: str, kernels=None, **overrides):
         raise ConvertError(f"{config_path}: file not found (expected a directory written by convert/hf2ms.py)")
     try:
         config = TelechatConfig.from_yaml(config_path)
-        config = dataclasses.replace(config, **overrides) if overrides else config
+        return dataclasses.replace(config, **overrides) if overrides else config
     except (ConfigError, TypeError) as exc:
         raise ConvertError(f"{config_path}: {exc}") from None
+
+
+def load_pretrained(cls, path: str, kernels=None, **overrides):
+    """cls(config, kernels) with the weights of a directory written by hf2ms / mf2ms; overrides replace config
+    fields (e.g. param_dtype="float32" to run bf16 weights on CPU)."""
+    import mindspore as ms   # pylint: disable=import-outside-toplevel
+    config = read_config(path, **overrides)
     files, fmt = weight_files(path)
     params = _load_params(files, fmt)
     net = cls(config, kernels)

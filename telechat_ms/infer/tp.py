@@ -31,6 +31,7 @@ from ..config.model import TelechatConfig
 from ..convert import dtypes
 from ..convert.errors import ConvertError, summarize
 from ..convert.pipeline import MODEL_CONFIG
+from ..convert.checkpoint import read_config
 from ..convert.sources import Source, open_ms
 from ..model import TelechatForCausalLM
 from ..model.dtypes import to_ms_dtype
@@ -69,20 +70,6 @@ def rank_config(config: TelechatConfig, tp: int) -> TelechatConfig:
                           f"of the heads, kv heads, MLP/expert width and lm_head vocabulary")
     return dataclasses.replace(config, num_heads=config.num_heads // tp, num_kv_heads=config.num_kv_heads // tp,
                                ffn_hidden_size=config.ffn_hidden_size // tp, head_dim=config.head_dim)
-
-
-def read_config(path: str, **overrides) -> TelechatConfig:
-    """model_config.yaml of a converted directory (+ overrides), with the errors of load_pretrained."""
-    if not os.path.isdir(path):
-        raise ConvertError(f"{path}: not a directory (expected a directory written by convert/hf2ms.py)")
-    config_path = os.path.join(path, MODEL_CONFIG)
-    if not os.path.isfile(config_path):
-        raise ConvertError(f"{config_path}: file not found (expected a directory written by convert/hf2ms.py)")
-    try:
-        config = TelechatConfig.from_yaml(config_path)
-        return dataclasses.replace(config, **overrides) if overrides else config
-    except (ConfigError, TypeError) as exc:
-        raise ConvertError(f"{config_path}: {exc}") from None
 
 
 # ---------------------------------------------------------------- checkpoint slices

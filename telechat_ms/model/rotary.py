@@ -8,7 +8,6 @@ table becomes a graph constant (MindSpore JIT fallback); in PYNATIVE_MODE it is 
 from __future__ import annotations
 
 import numpy as np
-import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from ..config.model import ntk_alpha, ntk_mscale

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from ..config.base import ConfigError
 from ..config.parallel import ParallelConfig
-from .memory import Hardware, LayoutEstimate, Workload, estimate_layout, finish_layout, stage_estimate
+from .memory import Hardware, LayoutEstimate, Workload, estimate_layout, stage_estimate
 from .pipeline import layer_placements
 from .validate import check_layout
 
