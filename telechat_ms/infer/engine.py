@@ -64,6 +64,7 @@ class KVCacheSession:
         self.ids = np.zeros((batch, 0), np.int32)                # every token fed so far (incl. left pads)
         self.key_valid = np.zeros((batch, max_len), dtype=bool)  # False for left pads and unwritten slots
         self.regime = None                                       # (alpha, mscale) the cache was built with
+        self._table_regime, self._table = None, None            # host rotary tables of the current regime
         self.dtype = dtype or ms.float32
         model.model.enable_kv_cache(batch, max_len)
         self.step_fn = step_cell(model)
@@ -76,11 +77,16 @@ class KVCacheSession:
         cfg = self.config
         return ntk_alpha(total, cfg.training_seqlen, cfg.base_seqlen), ntk_mscale(total, cfg.training_seqlen)
 
-    def _tables(self, total: int, start: int, count: int):
-        cfg = self.config
-        cos, sin = rotary_tables(total, start, count, cfg.head_dim, cfg.training_seqlen, cfg.base_seqlen,
-                                 cfg.rope_theta, cfg.rotary_fp16_rounding)
-        return ms.Tensor(cos, self.dtype), ms.Tensor(sin, self.dtype)
+    def _tables(self, total: int):
+        """cos, sin (max_len, D) for the NTK regime of `total`; a table depends only on (alpha, mscale) and the
+        position, so it is built once per regime (below training_seqlen: once per session) and sliced."""
+        regime = self._regime(total)
+        if self._table_regime != regime:
+            cfg = self.config
+            self._table = rotary_tables(total, 0, self.max_len, cfg.head_dim, cfg.training_seqlen,
+                                        cfg.base_seqlen, cfg.rope_theta, cfg.rotary_fp16_rounding)
+            self._table_regime = regime
+        return self._table
 
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
         """Feed (B, S_new) ids (prefill: the left-padded prompts; decode: one token) -> last logits (B, V)."""
@@ -103,8 +109,9 @@ class KVCacheSession:
 
     def _run(self, feed: np.ndarray, start: int, new: int, total: int) -> np.ndarray:
         """Write `feed` (B, new) at slots [start, start+new) and return the logits at position total-1."""
-        cos_q, sin_q = self._tables(total, start, new)                              # (new, D)
-        cos_k, sin_k = self._tables(total, 0, self.max_len)                         # (max_len, D)
+        cos, sin = self._tables(total)                                              # (max_len, D)
+        cos_q, sin_q = (ms.Tensor(t[start:start + new], self.dtype) for t in (cos, sin))  # (new, D)
+        cos_k, sin_k = ms.Tensor(cos, self.dtype), ms.Tensor(sin, self.dtype)
         slots = np.arange(self.max_len)
         causal = slots[None, :] <= (start + np.arange(new))[:, None]                 # (new, max_len)
         keep = causal[None, :, :] & self.key_valid[:, None, :]                       # (B, new, max_len)
