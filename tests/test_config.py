@@ -157,4 +157,13 @@ def test_explicit_head_dim_round_trips_and_counts_parameters(tmp_path):
 ])
 def test_bad_explicit_head_dim_is_named(head_dim, pattern):
     with pytest.raises(ConfigError, match=pattern):
-        TelechatConfig(**{**PRESETS["tiny"], "head_dim": head_dim})
+        TelechatConfig(**{**PRESETS["tiny"], "head_dim_override": head_dim})
+
+
+def test_replace_rederives_head_dim():
+    """dataclasses.replace with a new width/head count derives head_dim again (benchmarks and tests rely on it),
+    while an explicit override survives."""
+    wide = dataclasses.replace(TelechatConfig.preset("tiny"), hidden_size=512, num_heads=8, num_kv_heads=8)
+    assert wide.head_dim == 64 and wide.head_dim_is_derived
+    rank = TelechatConfig.preset("tiny_gqa", num_heads=2, num_kv_heads=1, head_dim=16)
+    assert dataclasses.replace(rank, ffn_hidden_size=80).head_dim == 16

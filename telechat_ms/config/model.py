@@ -23,7 +23,7 @@ HF_ALIASES = {
     "num_key_value_heads": "num_kv_heads",
     "layer_norm_epsilon": "rms_norm_eps",
     "intermediate_size": "ffn_hidden_size",
-    "n_embed": "hidden_size",
+    "n_embed": "hidden_size", "head_dim": "head_dim_override",
     # MoE names seen in the MindSpore port / common HF MoE configs (the 39B HF config is not public).
     "num_local_experts": "num_experts", "expert_num": "num_experts",
     "moe_topk": "num_experts_per_tok", "num_experts_chosen": "num_experts_per_tok",
@@ -78,17 +78,17 @@ class TelechatConfig:
     router_z_loss_coef: float = 0.0
     compute_dtype: str = "float32"
     param_dtype: str = "float32"
-    # None -> hidden_size/num_heads (every TeleChat2 model). Explicit only where num_heads*head_dim != hidden_size:
-    # the per-rank config of tensor-parallel inference keeps the global head_dim with num_heads/tp heads.
-    # Resolved to an int here (like num_kv_heads), so dataclasses.replace(hidden_size=...) keeps the old value:
-    # pass head_dim=None with it to re-derive. Serialised only when it differs from hidden_size/num_heads.
-    head_dim: int | None = None
+    # None -> head_dim = hidden_size/num_heads (every TeleChat2 model). Set only where num_heads*head_dim differs
+    # from hidden_size: the per-rank config of tensor-parallel inference keeps the global head_dim with
+    # num_heads/tp heads. Stored unresolved (and normalised to None when it equals hidden_size/num_heads), so
+    # dataclasses.replace(config, hidden_size=...) re-derives it. Yaml / config.json may call it `head_dim`.
+    head_dim_override: int | None = None
 
     def __post_init__(self):
         if self.num_kv_heads is None:
             self.num_kv_heads = self.num_heads
-        if self.head_dim is not None:
-            check_positive("head_dim", self.head_dim)
+        if self.head_dim_override is not None:
+            check_positive("head_dim", self.head_dim_override)
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
                      "ffn_hidden_size", "training_seqlen", "base_seqlen", "seq_length"):
             check_positive(name, getattr(self, name))
@@ -100,10 +100,11 @@ class TelechatConfig:
         self._check_combinations()
 
     def _check_combinations(self):
-        if self.head_dim is None:
+        if self.head_dim_override is not None and self.head_dim_override * self.num_heads == self.hidden_size:
+            self.head_dim_override = None                          # canonical: equal configs compare equal
+        if self.head_dim_override is None:
             if self.hidden_size % self.num_heads:
                 raise ConfigError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
-            self.head_dim = self.hidden_size // self.num_heads
             if self.head_dim % 2:
                 raise ConfigError(f"head_dim = hidden_size/num_heads = {self.head_dim} must be even for rotary "
                                   "embedding")
@@ -151,9 +152,13 @@ class TelechatConfig:
 
     # ----- derived -----
     @property
+    def head_dim(self) -> int:
+        return self.head_dim_override or self.hidden_size // self.num_heads
+
+    @property
     def head_dim_is_derived(self) -> bool:
         """True when head_dim is hidden_size/num_heads (then it is not serialised)."""
-        return self.head_dim * self.num_heads == self.hidden_size
+        return self.head_dim_override is None
 
     @property
     def is_moe(self) -> bool:
@@ -177,13 +182,14 @@ class TelechatConfig:
     # ----- (de)serialisation -----
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        if self.head_dim_is_derived:
-            del out["head_dim"]                  # re-derived on load (stays right if hidden_size is overridden)
+        del out["head_dim_override"]
+        if not self.head_dim_is_derived:
+            out["head_dim"] = self.head_dim_override
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> "TelechatConfig":
-        return strict_from_dict(cls, data, source)
+        return strict_from_dict(cls, data, source, aliases={"head_dim": "head_dim_override"})
 
     def to_yaml(self, path: str | None = None) -> str:
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -245,6 +251,8 @@ class TelechatConfig:
     def preset(cls, name: str, **overrides) -> "TelechatConfig":
         if name not in PRESETS:
             raise ConfigError(f"unknown preset '{name}' (available: {', '.join(PRESETS)})")
+        if "head_dim" in overrides:
+            overrides["head_dim_override"] = overrides.pop("head_dim")
         return cls(**{**PRESETS[name], **overrides})
 
 

@@ -69,7 +69,7 @@ def rank_config(config: TelechatConfig, tp: int) -> TelechatConfig:
         raise ConfigError(f"tensor-parallel size tp={tp} must divide {', '.join(bad)}: every rank holds 1/tp "
                           f"of the heads, kv heads, MLP/expert width and lm_head vocabulary")
     return dataclasses.replace(config, num_heads=config.num_heads // tp, num_kv_heads=config.num_kv_heads // tp,
-                               ffn_hidden_size=config.ffn_hidden_size // tp, head_dim=config.head_dim)
+                               ffn_hidden_size=config.ffn_hidden_size // tp, head_dim_override=config.head_dim)
 
 
 # ---------------------------------------------------------------- checkpoint slices
