@@ -19,45 +19,23 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(dirname "$here")"
 
-workers="" nodes=1 node_rank=0 master_addr=127.0.0.1 master_port=8119 per_node="" log_dir=output/msrun_predict_log
-script="$here/run_predict.py"
+source "$here/msrun_common.sh"
+master_port=8119 log_dir=output/msrun_predict_log script="$here/run_predict.py"
 while [ $# -gt 0 ]; do
   case "$1" in
-    --workers) workers="$2"; shift 2 ;;
-    --nodes) nodes="$2"; shift 2 ;;
-    --node_rank) node_rank="$2"; shift 2 ;;
-    --master_addr) master_addr="$2"; shift 2 ;;
-    --master_port) master_port="$2"; shift 2 ;;
-    --workers_per_node) per_node="$2"; shift 2 ;;
-    --log_dir) log_dir="$2"; shift 2 ;;
     --script) script="$2"; shift 2 ;;
     --) shift; break ;;
     -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
-    *) echo "error: unknown option $1 (chat flags go after --)" >&2; exit 2 ;;
+    *) if [ $# -ge 2 ] && msrun_option "$1" "$2"; then shift 2
+       else echo "error: unknown option $1 (chat flags go after --)" >&2; exit 2; fi ;;
   esac
 done
-per_node="${per_node:-${workers:-}}"
-[ -n "$per_node" ] || { echo "error: give --workers N (the tensor-parallel size)" >&2; exit 2; }
-total=$((nodes * per_node))
-if [ -n "$workers" ] && [ "$nodes" -eq 1 ] && [ "$workers" -ne "$per_node" ]; then
-  echo "error: --workers $workers and --workers_per_node $per_node disagree on a single node" >&2; exit 2
-fi
 [ -f "$script" ] || { echo "error: $script: file not found" >&2; exit 2; }
-
-device="${DEVICE_TARGET:-Ascend}"
-if [ -z "${PYTHON:-}" ]; then
-  if [ -x "$repo/.venv/bin/python" ]; then PYTHON="$repo/.venv/bin/python"; else PYTHON="$(command -v python3)"; fi
-fi
-# msrun starts workers with the `python` it finds first on PATH: put the chosen interpreter's directory first
-export PATH="$(dirname "$PYTHON"):$PATH"
-command -v msrun >/dev/null || { echo "error: msrun not found next to $PYTHON (install mindspore)" >&2; exit 2; }
+msrun_setup "" "give --workers N (the tensor-parallel size)"
 
 extra=()
 case " $* " in *" --tp "*|*" --tp="*) ;; *) extra+=(--tp "$total") ;; esac
 case " $* " in *" --device-target "*|*" --device-target="*) ;; *) extra+=(--device-target "$device") ;; esac
-mkdir -p "$log_dir"
 echo "msrun: tensor parallel over $total worker(s) ($nodes node(s) x $per_node), node_rank $node_rank," \
      "master $master_addr:$master_port, device $device, logs in $log_dir" >&2
-exec msrun --worker_num="$total" --local_worker_num="$per_node" --master_addr="$master_addr" \
-  --master_port="$master_port" --node_rank="$node_rank" --log_dir="$log_dir" --join=True \
-  --cluster_time_out=300 "$script" "$@" "${extra[@]}"
+msrun_launch "$script" "$@" "${extra[@]}"
