@@ -7,14 +7,13 @@ Not a test. Usage: python bench/decode.py [--layers 4 --hidden 512 --prompt 64 -
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from common import add_model_args, build_pair
 
 
 def _ours(model, prompt, new_tokens):
@@ -44,37 +43,18 @@ def _hf(ref, prompt, new_tokens, repeat=2):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--hidden", type=int, default=512)
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--kv-heads", type=int, default=8)
-    parser.add_argument("--ffn", type=int, default=1536)
-    parser.add_argument("--vocab", type=int, default=8192)
+    add_model_args(parser)
     parser.add_argument("--prompt", type=int, default=64)
     parser.add_argument("--new", type=int, default=64)
     args = parser.parse_args()
 
-    import mindspore as ms
-    import torch
-    from telechat_ms import TelechatConfig
-    from tests.reference.ms_loading import ms_model_from_hf_state
-    from tests.reference.torch_telechat import build_reference, random_hf_state
-
-    torch.set_num_threads(os.cpu_count() or 1)
-    ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device("CPU")
-    seq = args.prompt + args.new
-    config = dataclasses.replace(TelechatConfig.preset("tiny"), num_layers=args.layers, hidden_size=args.hidden,
-                                 num_heads=args.heads, num_kv_heads=args.kv_heads, ffn_hidden_size=args.ffn,
-                                 vocab_size=args.vocab, training_seqlen=seq, base_seqlen=seq, seq_length=seq)
-    state = random_hf_state(config, seed=0, std=0.02)
-    ours, ref = ms_model_from_hf_state(config, state), build_reference(config, state)
+    config, ours, ref = build_pair(args, args.prompt + args.new)
     ours.set_train(False)
     prompt = np.random.default_rng(0).integers(4, config.vocab_size, args.prompt).tolist()
     o_prefill, o_step, o_tokens = _ours(ours, prompt, args.new)
     h_prefill, h_step, h_tokens = _hf(ref, prompt, args.new)
     same = sum(a == b for a, b in zip(o_tokens, h_tokens))
-    print(f"config: {args.layers} layers, hidden {args.hidden}, heads {args.heads}/{args.kv_heads} kv, ffn {args.ffn}, "
+    print(f"config: {args.layers} layers, hidden {args.hidden}, heads {config.num_heads}/{config.num_kv_heads} kv, ffn {args.ffn}, "
           f"vocab {args.vocab}; prompt {args.prompt}, {args.new} new tokens, greedy, fp32, batch 1, "
           f"{os.cpu_count()} CPU threads")
     print(f"{'phase':8} {'ours tok/s':>11} {'HF tok/s':>9} {'ratio':>7}")

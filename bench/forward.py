@@ -6,14 +6,13 @@ Not a test: numbers depend on the machine. Usage: python bench/forward.py [--lay
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from common import add_model_args, build_pair
 
 
 def _timeit(fn, repeat: int) -> float:
@@ -26,11 +25,7 @@ def _timeit(fn, repeat: int) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--hidden", type=int, default=512)
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--ffn", type=int, default=1536)
-    parser.add_argument("--vocab", type=int, default=8192)
+    add_model_args(parser)
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=5)
@@ -38,19 +33,9 @@ def main() -> int:
 
     import mindspore as ms
     import torch
-    from telechat_ms import TelechatConfig
-    from tests.reference.ms_loading import ms_model_from_hf_state
-    from tests.reference.torch_telechat import build_reference, random_hf_state, reference_forward
+    from tests.reference.torch_telechat import reference_forward
 
-    torch.set_num_threads(os.cpu_count() or 1)
-    ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device("CPU")
-    config = dataclasses.replace(TelechatConfig.preset("tiny"), num_layers=args.layers, hidden_size=args.hidden,
-                                 num_heads=args.heads, num_kv_heads=args.heads, ffn_hidden_size=args.ffn,
-                                 vocab_size=args.vocab, training_seqlen=args.seq, base_seqlen=args.seq,
-                                 seq_length=args.seq)
-    state = random_hf_state(config, seed=0, std=0.02)
-    ours, ref = ms_model_from_hf_state(config, state), build_reference(config, state)
+    config, ours, ref = build_pair(args, args.seq)
     ids = np.random.default_rng(0).integers(0, config.vocab_size, (args.batch, args.seq)).astype(np.int32)
     ms_ids = ms.Tensor(ids)
     grad_fn = ms.value_and_grad(ours, grad_position=None, weights=ours.trainable_params())
