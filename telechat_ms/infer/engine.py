@@ -64,7 +64,7 @@ class KVCacheSession:
         self.ids = np.zeros((batch, 0), np.int32)                # every token fed so far (incl. left pads)
         self.key_valid = np.zeros((batch, max_len), dtype=bool)  # False for left pads and unwritten slots
         self.regime = None                                       # (alpha, mscale) the cache was built with
-        self._table_regime, self._table = None, None            # host rotary tables of the current regime
+        self._table = None                                       # (regime, cos, sin) host rotary tables
         self.dtype = dtype or ms.float32
         model.model.enable_kv_cache(batch, max_len)
         self.step_fn = step_cell(model)
@@ -78,15 +78,14 @@ class KVCacheSession:
         return ntk_alpha(total, cfg.training_seqlen, cfg.base_seqlen), ntk_mscale(total, cfg.training_seqlen)
 
     def _tables(self, total: int):
-        """cos, sin (max_len, D) for the NTK regime of `total`; a table depends only on (alpha, mscale) and the
-        position, so it is built once per regime (below training_seqlen: once per session) and sliced."""
-        regime = self._regime(total)
-        if self._table_regime != regime:
+        """cos, sin (max_len, D) for the current NTK regime (`self.regime`, the one of `total`); a table depends
+        only on (alpha, mscale) and the position, so it is built once per regime and sliced."""
+        if self._table is None or self._table[0] != self.regime:
             cfg = self.config
-            self._table = rotary_tables(total, 0, self.max_len, cfg.head_dim, cfg.training_seqlen,
-                                        cfg.base_seqlen, cfg.rope_theta, cfg.rotary_fp16_rounding)
-            self._table_regime = regime
-        return self._table
+            cos, sin = rotary_tables(total, 0, self.max_len, cfg.head_dim, cfg.training_seqlen, cfg.base_seqlen,
+                                     cfg.rope_theta, cfg.rotary_fp16_rounding)
+            self._table = (self.regime, cos, sin)
+        return self._table[1], self._table[2]
 
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
         """Feed (B, S_new) ids (prefill: the left-padded prompts; decode: one token) -> last logits (B, V)."""
