@@ -158,3 +158,71 @@ def test_cli_solver_emits_a_mergeable_yaml(tmp_path, capsys):
     emitted = ParallelConfig.from_run_config(yaml.safe_load(text))
     assert emitted.device_num == 16
     assert "moe_config" not in yaml.safe_load(text)
+
+
+# ----------------------------------------------------------------------------- CLI: bad input (issue 14)
+@pytest.mark.parametrize("flags,named", [
+    ("--devices 0", "--devices must be >= 1, got 0"),                  # 0 is not "unset"
+    ("--devices -8", "--devices must be >= 1, got -8"),                # invalid input, not "does not fit"
+    ("--dp 8 --seq-len 0", "--seq-len must be >= 1, got 0"),
+    ("--dp 8 --micro-batch-size 0", "--micro-batch-size must be >= 1, got 0"),
+    ("--dp 8 --micro-batch-size -1", "--micro-batch-size must be >= 1, got -1"),   # was: -38.6 GB, FITS
+    ("--dp 0 --mp 8", "--dp must be >= 1, got 0"),
+    ("--dp 8 --hbm-gb 0", "--hbm-gb must be > 0, got 0"),
+    ("--dp 8 --hbm-gb -64", "--hbm-gb must be > 0, got -64"),
+    ("--dp 8 --hbm-gb nan", "--hbm-gb must be > 0, got nan"),
+    ("--dp 8 --reserve-gb -2", "--reserve-gb must be >= 0, got -2"),
+    ("--dp 8 --efficiency 0", "--efficiency must be in (0, 1], got 0"),       # was: ZeroDivisionError
+    ("--dp 8 --efficiency 1.5", "--efficiency must be in (0, 1], got 1.5"),
+    ("--dp 8 --peak-tflops 0", "--peak-tflops must be > 0, got 0"),
+    ("--dp 8 --recompute banana", "--recompute: expected full, none or per-stage counts"),   # was: ValueError
+    ("--dp 2 --pp 4 --offset 1,x", "--offset: expected"),
+])
+def test_cli_invalid_numbers_are_one_error_line_exit_2(flags, named, capsys):
+    assert main(f"--model 7b {flags} --no-validate".split()) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0], captured.err
+    assert captured.out == ""                                          # refused before any plan is printed
+
+
+def test_cli_names_every_bad_flag_at_once(capsys):
+    assert main("--model 7b --devices 0 --seq-len -1 --efficiency 0 --no-validate".split()) == 2
+    err = capsys.readouterr().err
+    assert "--devices" in err and "--seq-len" in err and "--efficiency" in err
+
+
+def test_cli_needs_a_model(capsys):
+    assert main("--dp 8 --no-validate".split()) == 2                  # was: silently planned 7B
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--model" in err and "115b" in err and "7b" in err
+    path = os.path.join(os.path.dirname(__file__), "..", "yaml_configs", "finetune_telechat2_35b.yaml")
+    assert main(["--model", "7b", "--config", path, "--no-validate"]) == 2   # the yaml's model would win silently
+    assert "--model" in capsys.readouterr().err
+
+
+def test_cli_emit_yaml_unwritable_is_one_error_line(tmp_path, monkeypatch, capsys):
+    """A read-only target (root ignores chmod: a path under /proc really fails) and a full disk (ENOSPC
+    injected into the write) give one error line, exit 2, and no file or temp file is left."""
+    flags = "--model 7b --dp 8 --no-validate --emit-yaml".split()
+    assert main(flags + ["/proc/telechat_plan.yaml"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "/proc/telechat_plan.yaml" in err[0]
+    assert main(flags + [str(tmp_path / "no_such_dir" / "p.yaml")]) == 2
+    assert "no_such_dir" in capsys.readouterr().err
+
+    import errno
+    import io
+
+    class FullDisk(io.StringIO):
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: (os.close(fd), FullDisk())[1])
+    target = tmp_path / "par.yaml"
+    assert main(flags + [str(target)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0] and str(target) in err[0]
+    monkeypatch.setattr(os, "fdopen", real_fdopen)
+    assert os.listdir(tmp_path) == []                                  # no partial file, no temp file

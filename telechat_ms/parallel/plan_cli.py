@@ -10,6 +10,8 @@ Exit status: 0 the layout fits (and its strategies validate), 1 it does not fit 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 
 import yaml
@@ -22,7 +24,7 @@ from .planner import Plan, closest, evaluate, solve
 from . import run_yaml
 
 
-def _counts(text: str | None):
+def _counts(text: str | None, flag: str):
     """"full"/"true" -> True, "none"/"false" -> False, "3,0" -> [3, 0], "1,1;0,2" -> [[1, 1], [0, 2]]."""
     if text is None:
         return None
@@ -31,15 +33,50 @@ def _counts(text: str | None):
         return True
     if low in ("none", "false", "off", ""):
         return False
-    rows = [[int(x) for x in row.split(",")] for row in low.split(";")]
+    try:
+        rows = [[int(x) for x in row.split(",")] for row in low.split(";")]
+    except ValueError:
+        raise ConfigError(f"{flag}: expected full, none or per-stage counts like '3,0' ('1,1;0,2' per interleave "
+                          f"chunk), got {text!r}") from None
     return rows[0] if len(rows) == 1 else rows
+
+
+# flags where 0 or a negative number is invalid input (never "unset": an unset flag is None)
+_AT_LEAST_ONE = ("devices", "dp", "mp", "pp", "ep", "micro_batch_num", "micro_batch_size", "seq_len", "interleave")
+
+
+def check_args(args) -> None:
+    """Refuse impossible flag values before planning, naming every bad flag at once (exit 2): a 0 must not
+    fall back to a default and a negative size must not give negative memory or 'does not fit'."""
+    bad = []
+    if args.model is None and args.config is None:
+        bad.append(f"give --model (one of: {', '.join(sorted(PRESETS))}) or --config RUN_YAML")
+    elif args.model is not None and args.config is not None:
+        bad.append(f"give --model or --config, not both (the yaml {args.config} defines the model)")
+    for name in _AT_LEAST_ONE:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            bad.append(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    for name in ("hbm_gb", "peak_tflops"):
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            bad.append(f"--{name.replace('_', '-')} must be > 0, got {value:g}")
+    if not (math.isfinite(args.reserve_gb) and args.reserve_gb >= 0):
+        bad.append(f"--reserve-gb must be >= 0, got {args.reserve_gb:g}")
+    if not 0 < args.efficiency <= 1:            # also refuses nan
+        bad.append(f"--efficiency must be in (0, 1], got {args.efficiency:g} (a fraction of --peak-tflops)")
+    if args.emit_yaml and not os.path.isdir(os.path.dirname(os.path.abspath(args.emit_yaml))):
+        bad.append(f"--emit-yaml {args.emit_yaml}: directory {os.path.dirname(os.path.abspath(args.emit_yaml))} "
+                   "does not exist")
+    if bad:
+        raise ConfigError("; ".join(bad))
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="telechat-ms plan", description=__doc__.split("\n")[0])
-    p.add_argument("--model", choices=sorted(PRESETS), help="preset name")
+    p.add_argument("--model", choices=sorted(PRESETS), help="preset name (required unless --config)")
     p.add_argument("--config", help="a run yaml (yaml_configs/...): model, layout, HBM limit, batch from it")
-    p.add_argument("--devices", type=int, help="total devices (default dp*mp*pp)")
+    p.add_argument("--devices", type=int, help="total devices (default dp*mp*pp; the solver: 8)")
     for flag in ("dp", "mp", "pp", "ep"):
         p.add_argument(f"--{flag}", type=int)
     p.add_argument("--micro-batch-num", type=int)
@@ -69,14 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _model(args, run):
     if run is not None:
         return run_yaml.model_config_of(run, args.config)
-    return TelechatConfig.preset(args.model or "7b", compute_dtype="bfloat16")
+    return TelechatConfig.preset(args.model, compute_dtype="bfloat16")
 
 
 def _explicit_layout(args, run, config) -> ParallelConfig | None:
     """The layout to evaluate, or None to solve: no yaml, and --devices given without all of dp/mp/pp
     (those given are then held fixed by the solver)."""
-    given = [x for x in (args.dp, args.mp, args.pp) if x]
-    if run is None and (not given or (args.devices and len(given) < 3)):
+    given = [x for x in (args.dp, args.mp, args.pp) if x is not None]
+    if run is None and (not given or (args.devices is not None and len(given) < 3)):
         return None
     base = run_yaml.parallel_config_of(run, args.config) if run is not None else ParallelConfig(
         use_seq_parallel=not args.no_seq_parallel and (args.mp or 1) > 1, vocab_emb_dp=args.vocab_emb_dp,
@@ -84,9 +121,10 @@ def _explicit_layout(args, run, config) -> ParallelConfig | None:
         ep_extend_tp=config.is_moe and not args.no_ep_extend_tp)
     changes = {k: v for k, v in {
         "data_parallel": args.dp, "model_parallel": args.mp, "pipeline_stage": args.pp, "expert_parallel": args.ep,
-        "micro_batch_num": args.micro_batch_num, "recompute": _counts(args.recompute),
-        "select_recompute": _counts(args.select_recompute),
-        "select_comm_recompute": _counts(args.select_comm_recompute), "offset": _counts(args.offset),
+        "micro_batch_num": args.micro_batch_num, "recompute": _counts(args.recompute, "--recompute"),
+        "select_recompute": _counts(args.select_recompute, "--select-recompute"),
+        "select_comm_recompute": _counts(args.select_comm_recompute, "--select-comm-recompute"),
+        "offset": _counts(args.offset, "--offset"),
         "pp_interleave_num": args.interleave, "optimizer_weight_shard_size": args.shard_size}.items()
         if v is not None}
     if "offset" in changes and isinstance(changes["offset"], bool):
@@ -97,9 +135,13 @@ def _explicit_layout(args, run, config) -> ParallelConfig | None:
 
 
 def _settings(args, run):
-    seq = args.seq_len or (run_yaml.model_config_of(run).seq_length if run is not None else 8192)
-    mbs = args.micro_batch_size or (run_yaml.micro_batch_size(run) if run is not None else 1)
-    hbm = args.hbm_gb or (run_yaml.max_device_memory_gb(run) if run is not None else None) or 64.0
+    # flags were checked (check_args): None is the only "unset"
+    seq = args.seq_len if args.seq_len is not None else (
+        run_yaml.model_config_of(run).seq_length if run is not None else 8192)
+    mbs = args.micro_batch_size if args.micro_batch_size is not None else (
+        run_yaml.micro_batch_size(run) if run is not None else 1)
+    hbm = args.hbm_gb if args.hbm_gb is not None else (
+        run_yaml.max_device_memory_gb(run) if run is not None else None) or 64.0
     work = Workload(seq_len=seq, micro_batch_size=mbs, flash_attention=not args.no_flash, amp_o2=args.amp_o2)
     hw = Hardware(hbm_gb=hbm, reserve_gb=args.reserve_gb, peak_tflops=args.peak_tflops, efficiency=args.efficiency)
     return work, hw
@@ -131,7 +173,10 @@ def emit_yaml(path: str, plan: Plan, hw: Hardware, config) -> None:
     header = (f"# devices: {par.device_num} -- {par.describe()}, written by `telechat-ms plan` for "
               f"{config.num_layers} layers; peak {plan.estimate.peak_gb:.1f} GB (estimate).\n"
               "# Merge into a run yaml (mindformers `base_config`), e.g. base_config: [finetune_telechat2_35b.yaml]\n")
-    atomic_write_text(path, header + yaml.safe_dump(sections, sort_keys=False))
+    try:
+        atomic_write_text(path, header + yaml.safe_dump(sections, sort_keys=False))   # temp file + rename
+    except OSError as exc:          # read-only or full disk: the temp file is gone, `path` untouched
+        raise ConfigError(f"--emit-yaml {path}: cannot write: {exc.strerror or exc}") from None
 
 
 def _validate(config, par: ParallelConfig, work: Workload) -> str:
@@ -145,23 +190,25 @@ def _validate(config, par: ParallelConfig, work: Workload) -> str:
 
 
 def run(args) -> int:
+    check_args(args)
     run_cfg = run_yaml.load_run_yaml(args.config) if args.config else None
     config = _model(args, run_cfg)
     work, hw = _settings(args, run_cfg)
     layout = _explicit_layout(args, run_cfg, config)
     if layout is not None:
-        if args.devices and args.devices != layout.device_num:
+        if args.devices is not None and args.devices != layout.device_num:
             raise ConfigError(f"--devices {args.devices} != dp*mp*pp = {layout.device_num}")
         plan = evaluate(config, layout, work, hw)
     else:
         fixed = {"dp": args.dp, "mp": args.mp, "pp": args.pp, "ep": args.ep, "micro_batch_num": args.micro_batch_num, "seq_parallel": not args.no_seq_parallel,
                  "parallel_optimizer": not args.no_parallel_optimizer, "ep_extend_tp": not args.no_ep_extend_tp}
-        plans = solve(config, args.devices or 8, work, hw, fixed)
+        devices = 8 if args.devices is None else args.devices
+        plans = solve(config, devices, work, hw, fixed)
         if not plans:
-            near = closest(config, args.devices or 8, work, hw, fixed)
+            near = closest(config, devices, work, hw, fixed)
             hint = f"; closest: {near.parallel.describe()} with full recompute needs {near.estimate.peak_gb:.1f} GB" \
                 if near else ""
-            print(f"no layout of {args.devices or 8} devices fits {hw.hbm_gb:g} GB for this model{hint}")
+            print(f"no layout of {devices} devices fits {hw.hbm_gb:g} GB for this model{hint}")
             return 1
         print("best layouts (estimated tokens/s/device):")
         for p in plans:
