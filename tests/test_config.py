@@ -67,7 +67,10 @@ def test_round_trips(name, tmp_path):
     (dict(num_layers=0), r"num_layers must be a positive integer, got 0"),
     (dict(num_layers=True), r"num_layers must be int, got True"),
     (dict(rms_norm_eps="1e-5"), r"rms_norm_eps must be float"),
-    (dict(tie_word_embeddings=True), r"tie_word_embeddings"),
+    (dict(tie_word_embeddings=1), r"tie_word_embeddings must be bool"),
+    (dict(rope_variant="yarn"), r"rope_variant must be one of telechat2, telechat1, flm, plain, got 'yarn'"),
+    (dict(rope_scaling="linear", rope_scaling_factor=4.0), r"rope_scaling='linear' applies to rope_variant 'plain'"),
+    (dict(logit_multiplier=0.0), r"logit_multiplier must be a finite number > 0"),
     (dict(pad_token_id=512), r"pad_token_id \(512\) must be in \[0, vocab_size=512\)"),
     (dict(compute_dtype="float64"), r"compute_dtype must be one of"),
     (dict(hidden_dropout=1.0), r"hidden_dropout must be in \[0, 1\)"),
@@ -82,7 +85,7 @@ def test_invalid_combinations_name_fields_and_values(changes, pattern):
 
 
 def test_unknown_key_is_named():
-    with pytest.raises(ConfigError, match=r"config.json: unknown config key 'rope_scaling'"):
+    with pytest.raises(ConfigError, match=r"config.json: 'rope_scaling': the TeleChat2 modeling never reads"):
         TelechatConfig.from_hf_config({**CONFIG_115B, "rope_scaling": {"type": "dynamic"}})
     with pytest.raises(ConfigError, match=r"unknown config key 'n_layer'"):
         TelechatConfig.from_dict({"n_layer": 2})          # HF names only through from_hf_config

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from telechat_ms.config import TelechatConfig
-from telechat_ms.convert import ConvertError, convert_hf_to_ms, convert_ms_to_hf, writer
-from telechat_ms.convert.checkpoint import load_pretrained
+from telechat_ms.convert import ConvertError, convert_hf_to_ms, convert_ms_to_hf
+from telechat_ms.io import writer
+from telechat_ms.io.checkpoint import load_pretrained
 from telechat_ms.convert.cli import hf2ms_main, main, ms2hf_main
 from tests.hf_checkpoint import random_state, write_hf_checkpoint, write_side_files
 

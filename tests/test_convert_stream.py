@@ -13,10 +13,11 @@ import torch
 import mindspore as ms
 
 from telechat_ms.config import TelechatConfig
-from telechat_ms.convert import ConvertError, convert_hf_to_ms, convert_ms_to_hf, hf_to_ms, writer
-from telechat_ms.convert.ckpt_io import scan_ckpt
-from telechat_ms.convert.dtypes import cast, parse_size
-from telechat_ms.convert.sources import Source
+from telechat_ms.convert import ConvertError, convert_hf_to_ms, convert_ms_to_hf, hf_to_ms
+from telechat_ms.io import writer
+from telechat_ms.io.ckpt_io import scan_ckpt
+from telechat_ms.io.dtypes import cast, parse_size
+from telechat_ms.io.sources import Source
 from tests.hf_checkpoint import load_safetensors_dir, random_state, write_hf_checkpoint
 
 CHUNK = 256 * 1024

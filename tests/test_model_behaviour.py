@@ -8,7 +8,7 @@ import torch
 
 from telechat_ms import Kernels, TelechatConfig, TelechatForCausalLM
 from telechat_ms.config.model import ntk_alpha, ntk_mscale
-from telechat_ms.model.rotary import rotary_tables
+from telechat_ms.model.rotary import RopeSpec, rotary_tables
 
 from .conftest import set_mode
 from .reference.torch_telechat import TelechatRotary
@@ -115,7 +115,7 @@ def test_ntk_alpha_when_base_shorter_than_training():
 def test_rotary_tables_match_hf_arithmetic(length):
     ref = TelechatRotary(16, 32, 32)
     cos_ref, sin_ref = ref(torch.zeros(1), torch.arange(length).unsqueeze(0))
-    cos, sin = rotary_tables(length, 0, length, 16, 32, 32, 10000.0, True)
+    cos, sin = rotary_tables(RopeSpec(16, "telechat2", 10000.0, 32, 32, True), length, 0, length)
     for ours, theirs in ((cos, cos_ref[0].numpy()), (sin, sin_ref[0].numpy())):
         # torch's fp32 cos is not correctly rounded; near a fp16 rounding boundary (mostly tiny values,
         # angles near pi/2) it can round the other way: at most one fp16 ulp, on well under 1% of entries

@@ -14,8 +14,8 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from telechat_ms import ConfigError, TelechatForCausalLM
-from telechat_ms.convert.errors import ConvertError
-from telechat_ms.convert.sources import open_ms
+from telechat_ms.io.errors import ConvertError
+from telechat_ms.io.sources import open_ms
 from telechat_ms.infer import tp as tensor_parallel
 
 from .conftest import set_mode

@@ -1,6 +1,7 @@
-"""TeleChat2 architecture config: one dataclass, HF `config.json` mapping, named size presets.
+"""Model architecture config: one dataclass for every family (TeleChat2, TeleChat v1, the FLM family, Aquila2,
+Llama-2). Each family's HF config.json names, defaults and presets live in telechat_ms/families/.
 
-Facts (field meanings, HF names, preset values) come from the TeleChat2 spec §1-§2 and §4.
+Facts (field meanings, HF names, preset values): spec telechat2.md §1-§2, §4 and families.md.
 """
 from __future__ import annotations
 
@@ -11,35 +12,11 @@ from typing import Any, Mapping
 
 import yaml
 
-from .base import (ConfigError, atomic_write_text, check_positive, check_type, load_json, load_yaml,
-                   strict_from_dict)
+from .base import ConfigError, atomic_write_text, check_positive, check_type, load_yaml, strict_from_dict
 
 DTYPES = ("float32", "float16", "bfloat16")
-
-# HF config.json names -> our field names (several HF generations disagree on names).
-HF_ALIASES = {
-    "n_layer": "num_layers", "num_hidden_layers": "num_layers",
-    "n_head": "num_heads", "num_attention_heads": "num_heads",
-    "num_key_value_heads": "num_kv_heads",
-    "layer_norm_epsilon": "rms_norm_eps",
-    "intermediate_size": "ffn_hidden_size",
-    "n_embed": "hidden_size", "head_dim": "head_dim_override",
-    # MoE names seen in the MindSpore port / common HF MoE configs (the 39B HF config is not public).
-    "num_local_experts": "num_experts", "expert_num": "num_experts",
-    "moe_topk": "num_experts_per_tok", "num_experts_chosen": "num_experts_per_tok",
-}
-
-# Keys present in public TeleChat2 config.json files that the HF modeling code never reads (spec §1.1),
-# plus HF bookkeeping. They are accepted and dropped. `rope_theta` is here on purpose: the HF modeling
-# hard-codes base 10000, so a converted checkpoint must keep 10000 to reproduce its logits.
-HF_IGNORED = frozenset({
-    "architectures", "model_type", "auto_map", "transformers_version", "torch_dtype", "_name_or_path",
-    "flash_attn", "use_cache", "logn", "attention_softmax_in_fp32", "bias_dropout_fusion",
-    "masked_softmax_fusion", "pretraining_tp", "skip_bias_add", "skip_bias_add_qkv", "slow_but_exact",
-    "n_inner", "rope_theta", "max_position_embeddings", "offset_alibi", "output_attentions",
-    "output_hidden_states", "return_dict", "use_return_dict", "sep_token_id", "decoder_start_token_id",
-})
-
+ROPE_VARIANTS = ("telechat2", "telechat1", "flm", "plain")      # implemented in telechat_ms/model/rotary.py
+ROPE_SCALINGS = ("none", "linear", "dynamic")
 
 @dataclass
 class TelechatConfig:
@@ -55,13 +32,25 @@ class TelechatConfig:
     training_seqlen: int = 8192              # mscale threshold of the dynamic NTK rule (spec §2.5)
     base_seqlen: int = 8192                  # NTK alpha reference length
     seq_length: int = 8192                   # default max sequence length for training / caches
-    rope_theta: float = 10000.0              # HF hard-codes 10000; change only for new finetunes
-    rotary_fp16_rounding: bool = True        # round cos/sin to fp16 like the HF file (exact HF logits)
+    rope_theta: float = 10000.0              # TeleChat2's HF file hard-codes 10000; Llama-family config.json sets it
+    rotary_fp16_rounding: bool = True        # round cos/sin to fp16 like the TeleChat HF files (exact HF logits)
+    # how (base, mscale) follow the sequence length: a name in telechat_ms.model.rotary.ROPE_VARIANTS
+    # (telechat2 | telechat1 | flm | plain); see docs/models.md
+    rope_variant: str = "telechat2"
+    rope_scaling: str = "none"               # HF Llama rope_scaling type: none | linear | dynamic
+    rope_scaling_factor: float = 1.0         # linear: positions / factor; dynamic: NTK growth past base_seqlen
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
     embed_layernorm: bool = False
     apply_residual_connection_post_layernorm: bool = False
-    tie_word_embeddings: bool = False
+    tie_word_embeddings: bool = False        # lm_head reads the embedding table (TeleChat v1 7B)
+    attention_out_bias: bool = True          # bias on the attention output projection (TeleChat: dense.bias)
+    mlp_out_bias: bool = True                # bias on the MLP down projection (TeleChat: down_proj.bias)
+    embedding_multiplier: float = 1.0        # embeddings *= this (Tele-FLM / FLM-2 `input_mult`)
+    logit_multiplier: float = 1.0            # logits *= this (Tele-FLM / FLM-2 `output_mult / mup_scale_factor`)
+    # the checkpoint family (telechat_ms/families): decides HF layouts, tokenizer, template and stop rules;
+    # model code never reads it
+    family: str = "telechat2"
     initializer_range: float = 0.02
     unk_token_id: int = 0
     bos_token_id: int = 1
@@ -92,11 +81,14 @@ class TelechatConfig:
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
                      "ffn_hidden_size", "training_seqlen", "base_seqlen", "seq_length"):
             check_positive(name, getattr(self, name))
-        for name in ("rms_norm_eps", "rope_theta", "hidden_dropout", "attention_dropout", "initializer_range"):
+        for name in ("rms_norm_eps", "rope_theta", "hidden_dropout", "attention_dropout", "initializer_range",
+                     "rope_scaling_factor", "embedding_multiplier", "logit_multiplier"):
             check_type(name, getattr(self, name), float)
         for name in ("rotary_fp16_rounding", "embed_layernorm", "apply_residual_connection_post_layernorm",
-                     "tie_word_embeddings"):
+                     "tie_word_embeddings", "attention_out_bias", "mlp_out_bias"):
             check_type(name, getattr(self, name), bool)
+        for name in ("rope_variant", "rope_scaling", "family"):
+            check_type(name, getattr(self, name), str)
         self._check_combinations()
 
     def _check_combinations(self):
@@ -117,8 +109,7 @@ class TelechatConfig:
         for name in ("hidden_dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.tie_word_embeddings:
-            raise ConfigError("tie_word_embeddings=True is not TeleChat2: the HF modeling never ties lm_head")
+        self._check_rope_and_scales()
         for name in ("unk_token_id", "bos_token_id", "eos_token_id", "pad_token_id"):
             tid = getattr(self, name)
             check_type(name, tid, int)
@@ -128,6 +119,24 @@ class TelechatConfig:
             if getattr(self, name) not in DTYPES:
                 raise ConfigError(f"{name} must be one of {DTYPES}, got {getattr(self, name)!r}")
         self._check_moe()
+
+    def _check_rope_and_scales(self):
+        if self.rope_variant not in ROPE_VARIANTS:
+            raise ConfigError(f"rope_variant must be one of {', '.join(ROPE_VARIANTS)}, got {self.rope_variant!r}")
+        if self.rope_scaling not in ROPE_SCALINGS:
+            raise ConfigError(f"rope_scaling must be one of {', '.join(ROPE_SCALINGS)}, got {self.rope_scaling!r}")
+        if self.rope_scaling != "none" and self.rope_variant != "plain":
+            raise ConfigError(f"rope_scaling={self.rope_scaling!r} applies to rope_variant 'plain' (HF Llama), "
+                              f"not {self.rope_variant!r}")
+        if self.rope_scaling_factor <= 0 or (self.rope_scaling != "none" and self.rope_scaling_factor < 1):
+            raise ConfigError(f"rope_scaling_factor must be >= 1 (> 0 without scaling), got {self.rope_scaling_factor}")
+        for name in ("embedding_multiplier", "logit_multiplier"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"{name} must be a finite number > 0, got {value}")
+        if self.is_moe and not self.mlp_out_bias:
+            raise ConfigError("mlp_out_bias=False is not supported with MoE (num_experts > 0): the MoE experts "
+                              "always carry the TeleChat2 down_proj bias")
 
     def _check_moe(self):
         for name in ("num_experts", "num_experts_per_tok"):
@@ -168,8 +177,8 @@ class TelechatConfig:
         """Parameter count from the architecture (spec §1). `active`: per token for MoE (top-k experts)."""
         h, f, hd = self.hidden_size, self.ffn_hidden_size, self.head_dim
         q = self.num_heads * hd                                        # = h unless head_dim is explicit
-        attn = q * h + 2 * self.num_kv_heads * hd * h + h * q + h      # query, key_value, dense (+bias)
-        expert = 3 * h * f + h                                         # gate, up, down (+bias)
+        attn = q * h + 2 * self.num_kv_heads * hd * h + h * q + h * self.attention_out_bias  # q, kv, out (+bias)
+        expert = 3 * h * f + h * self.mlp_out_bias                     # gate, up, down (+bias)
         if self.is_moe:
             n_exp = self.num_experts_per_tok if active else self.num_experts
             mlp = n_exp * expert + self.num_experts * h                # experts + router
@@ -177,7 +186,8 @@ class TelechatConfig:
             mlp = expert
         layer = attn + mlp + 2 * h                                     # + two norms
         extra = h if self.embed_layernorm else 0
-        return 2 * self.vocab_size * h + self.num_layers * layer + h + extra
+        embeddings = (1 if self.tie_word_embeddings else 2) * self.vocab_size * h
+        return embeddings + self.num_layers * layer + h + extra
 
     # ----- (de)serialisation -----
     def to_dict(self) -> dict[str, Any]:
@@ -210,72 +220,49 @@ class TelechatConfig:
         return cls.from_dict(_without_mindformers_keys(data or {}), source=source)
 
     @classmethod
-    def from_hf_config(cls, path_or_dict: str | Mapping[str, Any], **overrides) -> "TelechatConfig":
-        """Build from an HF TeleChat2 `config.json` (path, directory or dict); HF names are accepted."""
-        source = "config.json"
-        if isinstance(path_or_dict, Mapping):
-            data = dict(path_or_dict)
-        else:
-            source = path_or_dict
-            if not source.endswith(".json"):
-                source = source.rstrip("/") + "/config.json"
-            data = load_json(source)
-        # HF class default for a missing num_key_value_heads is None (= MHA); keep it explicit.
-        config = strict_from_dict(cls, data, source, aliases=HF_ALIASES, ignored=HF_IGNORED)
+    def from_hf_config(cls, path_or_dict: str | Mapping[str, Any], family: str | None = None,
+                       **overrides) -> "TelechatConfig":
+        """Build from an HF `config.json` (path, directory or dict) of any known family (detected from
+        model_type / architectures / keys unless `family` names it); HF names are accepted."""
+        from ..families import detect   # pylint: disable=import-outside-toplevel
+        from ..families.hf_config import read_hf_json   # pylint: disable=import-outside-toplevel
+        data, source = read_hf_json(path_or_dict)
+        config = detect(data, family=family).config_from_hf(data, source)
         return dataclasses.replace(config, **overrides) if overrides else config
 
     def to_hf_config(self) -> dict[str, Any]:
-        """HF `config.json` content in the naming of the published 115B config (spec §1.1)."""
-        out = {
-            "architectures": ["TelechatForCausalLM"], "model_type": "telechat",
-            "vocab_size": self.vocab_size, "hidden_size": self.hidden_size, "n_layer": self.num_layers,
-            "n_head": self.num_heads, "num_key_value_heads": self.num_kv_heads,
-            "ffn_hidden_size": self.ffn_hidden_size, "layer_norm_epsilon": self.rms_norm_eps,
-            "training_seqlen": self.training_seqlen, "base_seqlen": self.base_seqlen,
-            "seq_length": self.seq_length, "hidden_dropout": self.hidden_dropout,
-            "attention_dropout": self.attention_dropout, "embed_layernorm": self.embed_layernorm,
-            "apply_residual_connection_post_layernorm": self.apply_residual_connection_post_layernorm,
-            "tie_word_embeddings": False, "initializer_range": self.initializer_range,
-            "unk_token_id": self.unk_token_id, "bos_token_id": self.bos_token_id,
-            "eos_token_id": self.eos_token_id, "pad_token_id": self.pad_token_id,
-            "flash_attn": False, "use_cache": True, "torch_dtype": self.param_dtype,
-        }
-        if self.is_moe:
-            out.update(num_experts=self.num_experts, num_experts_per_tok=self.num_experts_per_tok,
-                       norm_topk_prob=self.norm_topk_prob, routed_scaling_factor=self.routed_scaling_factor)
-        if not self.head_dim_is_derived:
-            out["head_dim"] = self.head_dim      # not a TeleChat2 HF key (the HF file derives it); ours reads it back
-        return out
+        """HF `config.json` content in this config's family naming."""
+        from ..families import get   # pylint: disable=import-outside-toplevel
+        return get(self.family).config_to_hf(self)
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "TelechatConfig":
-        if name not in PRESETS:
-            raise ConfigError(f"unknown preset '{name}' (available: {', '.join(PRESETS)})")
+        """A named size of any family (`PRESETS` lists them all)."""
+        from ..families import family_of_preset   # pylint: disable=import-outside-toplevel
+        family = family_of_preset(name)
         if "head_dim" in overrides:
             overrides["head_dim_override"] = overrides.pop("head_dim")
-        return cls(**{**PRESETS[name], **overrides})
+        return cls(**{"family": family.name, **family.presets[name], **overrides})
 
 
-# Named sizes. Values: spec §1 (README tables, MindFormers YAMLs, the 115B config.json). eps: the 115B
-# config.json says 1e-8 (verified); the other sizes use the MindFormers value 1e-5 (their HF configs are
-# unpublished) -- a converted checkpoint always takes eps from its own config.json.
-PRESETS: dict[str, dict[str, Any]] = {
-    # tiny models for CPU tests: short training_seqlen so the NTK / mscale path is exercised cheaply
-    "tiny": dict(vocab_size=512, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=4,
-                 ffn_hidden_size=160, training_seqlen=32, base_seqlen=32, seq_length=64),
-    "tiny_gqa": dict(vocab_size=512, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
-                     ffn_hidden_size=160, training_seqlen=32, base_seqlen=32, seq_length=64),
-    "tiny_moe": dict(vocab_size=512, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=4,
-                     ffn_hidden_size=96, training_seqlen=32, base_seqlen=32, seq_length=64,
-                     num_experts=4, num_experts_per_tok=2),
-    "3b": dict(hidden_size=3072, num_layers=24, num_heads=24, num_kv_heads=24, ffn_hidden_size=6144),
-    "7b": dict(hidden_size=4096, num_layers=30, num_heads=32, num_kv_heads=32, ffn_hidden_size=12288),
-    "35b": dict(hidden_size=6144, num_layers=64, num_heads=48, num_kv_heads=48, ffn_hidden_size=20480),
-    "115b": dict(hidden_size=8192, num_layers=96, num_heads=64, num_kv_heads=8, ffn_hidden_size=40960,
-                 rms_norm_eps=1e-8),
-    "39b_a12b": dict(hidden_size=4096, num_layers=30, num_heads=32, num_kv_heads=32, ffn_hidden_size=6144,
-                     num_experts=16, num_experts_per_tok=4),
-}
+class _Presets(Mapping):
+    """Every family's presets by name (read from telechat_ms/families on first use)."""
+
+    def _all(self) -> dict[str, dict[str, Any]]:
+        from ..families import all_families   # pylint: disable=import-outside-toplevel
+        return {name: {"family": f.name, **fields} for f in all_families() for name, fields in f.presets.items()}
+
+    def __getitem__(self, name):
+        return self._all()[name]
+
+    def __iter__(self):
+        return iter(self._all())
+
+    def __len__(self):
+        return len(self._all())
+
+
+PRESETS: Mapping[str, dict[str, Any]] = _Presets()
 
 
 # keys a mindformers model_config carries for its registry; they name our classes, not architecture

@@ -8,8 +8,8 @@ import argparse
 import sys
 
 from ..config.base import ConfigError
-from .dtypes import OUTPUT_DTYPES
-from .errors import ConvertError, summarize
+from ..io.dtypes import OUTPUT_DTYPES
+from ..io.errors import ConvertError, summarize
 from .pipeline import FORMATS, convert_hf_to_ms, convert_mindformers_to_ms, convert_ms_to_hf
 
 

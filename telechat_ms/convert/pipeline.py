@@ -15,16 +15,14 @@ from tqdm import tqdm
 
 from ..config.base import ConfigError
 from ..config.model import TelechatConfig
-from .dtypes import BY_NAME, OUTPUT_DTYPES, parse_size
-from .errors import ConvertError
-from .output import check_destination, copy_side_files, staged_output, write_json
-from .sources import open_hf, open_ms
+from ..io.dtypes import BY_NAME, OUTPUT_DTYPES, parse_size
+from ..io.errors import ConvertError
+from ..io.checkpoint import HF_CONFIG, META, MODEL_CONFIG
+from ..io.output import check_destination, copy_side_files, staged_output, write_json
+from ..io.sources import open_hf, open_ms
 from .views import hf_outputs, hf_view, ms_outputs, ms_view
-from .writer import DEFAULT_CHUNK_BYTES, output_dtypes, write_ckpt, write_safetensors
+from ..io.writer import DEFAULT_CHUNK_BYTES, output_dtypes, write_ckpt, write_safetensors
 
-MODEL_CONFIG = "model_config.yaml"
-HF_CONFIG = "config.json"
-META = "convert_meta.json"          # how the directory was made; the HF router key spelling for the way back
 FORMATS = ("safetensors", "ckpt")
 
 

@@ -12,50 +12,12 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from .dtypes import FLOAT_DTYPES
-from .errors import ConvertError, summarize
+from ..io.dtypes import FLOAT_DTYPES
+from ..io.errors import ConvertError, summarize
 from .names import ROUTER_HF_KEYS, name_table
-from .sources import Source
-from .tensorfile import TensorInfo
-
-
-@dataclass(frozen=True)
-class Segment:
-    key: str
-    dtype: str
-    start: int          # element range of the flattened source tensor
-    stop: int
-
-
-@dataclass(frozen=True)
-class Virtual:
-    shape: tuple[int, ...]
-    segments: tuple[Segment, ...]
-
-    @classmethod
-    def whole(cls, info: TensorInfo, shape=None) -> "Virtual":
-        return cls(tuple(shape or info.shape), (Segment(info.key, info.dtype, 0, info.numel),))
-
-    @classmethod
-    def concat(cls, parts: list["Virtual"], shape) -> "Virtual":
-        return cls(tuple(shape), tuple(s for p in parts for s in p.segments))
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    def rows(self, start: int, stop: int, shape=None) -> "Virtual":
-        """Rows [start, stop) of axis 0, as `shape` (default: the sliced shape)."""
-        row = math.prod(self.shape[1:])
-        lo, hi = start * row, stop * row                   # element range inside this tensor
-        picked, pos = [], 0
-        for seg in self.segments:
-            size = seg.stop - seg.start
-            a, b = max(lo, pos), min(hi, pos + size)
-            if a < b:
-                picked.append(Segment(seg.key, seg.dtype, seg.start + a - pos, seg.start + b - pos))
-            pos += size
-        return Virtual(tuple(shape or (stop - start,) + self.shape[1:]), tuple(picked))
+from ..io.sources import Source
+from ..io.tensorfile import TensorInfo
+from ..io.virtual import Segment, Virtual
 
 
 @dataclass

@@ -9,7 +9,7 @@ import sys
 
 from ..config.base import ConfigError, atomic_write_text
 from ..config.generation import GenerationConfig
-from ..convert.errors import ConvertError
+from ..io.errors import ConvertError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,8 +24,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
-from ..config.model import ntk_alpha, ntk_mscale
-from ..model.rotary import rotary_tables
+from ..model.rotary import RopeSpec, rope_regime, rotary_tables
 
 # one compiled step cell per model (kept outside the model's cell tree: the step cell owns the model)
 _STEP_CELLS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -41,8 +40,7 @@ class CachedStep(nn.Cell):
 
     def construct(self, input_ids, rope, mask, placement, pick):
         hidden = self.lm.model.forward_cached(input_ids, rope, mask, placement)          # (B, S_new, H)
-        logits = self.lm.lm_head(ops.gather(hidden, pick, 1))                            # (B, 1, V)
-        return self.cast(logits, ms.float32).squeeze(1)                                  # (B, V)
+        return self.lm.head(ops.gather(hidden, pick, 1)).squeeze(1)                      # (B, 1, V) -> (B, V)
 
 
 def step_cell(model) -> CachedStep:
@@ -63,7 +61,8 @@ class KVCacheSession:
         self.batch, self.max_len, self.exact_ntk = batch, max_len, exact_ntk
         self.ids = np.zeros((batch, 0), np.int32)                # every token fed so far (incl. left pads)
         self.key_valid = np.zeros((batch, max_len), dtype=bool)  # False for left pads and unwritten slots
-        self.regime = None                                       # (alpha, mscale) the cache was built with
+        self.regime = None                                       # (base, mscale) the cache was built with
+        self.rope = RopeSpec.from_config(self.config)
         self._table = None                                       # (regime, cos, sin) host rotary tables
         self.dtype = dtype or ms.float32
         model.model.enable_kv_cache(batch, max_len)
@@ -74,16 +73,13 @@ class KVCacheSession:
         return self.ids.shape[1]
 
     def _regime(self, total: int):
-        cfg = self.config
-        return ntk_alpha(total, cfg.training_seqlen, cfg.base_seqlen), ntk_mscale(total, cfg.training_seqlen)
+        return rope_regime(self.rope, total)
 
     def _tables(self, total: int):
-        """cos, sin (max_len, D) for the current NTK regime (`self.regime`, the one of `total`); a table depends
-        only on (alpha, mscale) and the position, so it is built once per regime and sliced."""
+        """cos, sin (max_len, D) for the current rotary regime (`self.regime`, the one of `total`); a table
+        depends only on (base, mscale) and the position, so it is built once per regime and sliced."""
         if self._table is None or self._table[0] != self.regime:
-            cfg = self.config
-            cos, sin = rotary_tables(total, 0, self.max_len, cfg.head_dim, cfg.training_seqlen, cfg.base_seqlen,
-                                     cfg.rope_theta, cfg.rotary_fp16_rounding)
+            cos, sin = rotary_tables(self.rope, total, 0, self.max_len)
             self._table = (self.regime, cos, sin)
         return self._table[1], self._table[2]
 

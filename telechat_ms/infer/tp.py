@@ -28,11 +28,11 @@ from mindspore.communication import GlobalComm, get_group_size, get_rank, init
 
 from ..config.base import ConfigError
 from ..config.model import TelechatConfig
-from ..convert import dtypes
-from ..convert.errors import ConvertError, summarize
-from ..convert.pipeline import MODEL_CONFIG
-from ..convert.checkpoint import read_config
-from ..convert.sources import Source, open_ms
+from ..io import dtypes
+from ..io.errors import ConvertError, summarize
+from ..io.checkpoint import MODEL_CONFIG
+from ..io.checkpoint import read_config
+from ..io.sources import Source, open_ms
 from ..model import TelechatForCausalLM
 from ..model.dtypes import to_ms_dtype
 from ..model.linear import Linear

@@ -56,7 +56,8 @@ class CoreAttention(nn.Cell):
 
 
 class Attention(nn.Cell):
-    """query (no bias), fused key_value (no bias, rows [K_0; V_0; K_1; V_1; ...]), dense (bias)."""
+    """query (no bias), fused key_value (no bias, rows [K_0; V_0; K_1; V_1; ...]), dense (bias unless
+    config.attention_out_bias is off). Families with split q/k/v weights are converted into this layout."""
 
     def __init__(self, config, kernels: Kernels = Kernels()):
         super().__init__()
@@ -66,7 +67,7 @@ class Attention(nn.Cell):
         hidden, std = config.hidden_size, config.initializer_range
         self.wq = Linear(hidden, self.num_heads * self.head_dim, False, compute, param, std)
         self.wk_v = Linear(hidden, 2 * self.num_kv_heads * self.head_dim, False, compute, param, std)
-        self.wo = Linear(self.num_heads * self.head_dim, hidden, True, compute, param, std)
+        self.wo = Linear(self.num_heads * self.head_dim, hidden, config.attention_out_bias, compute, param, std)
         self.rotary = RotaryEmbedding.from_config(config, kernels)
         self.core = CoreAttention(config.num_heads, config.head_dim, config.attention_dropout, kernels)
         self.reshape = ops.Reshape()

@@ -1,4 +1,5 @@
-"""TelechatForCausalLM: the model, the untied lm_head and the shifted next-token loss."""
+"""TelechatForCausalLM: the model, the lm_head (own weight, or the embedding table when tied), the logit
+multiplier and the shifted next-token loss."""
 from __future__ import annotations
 
 import mindspore as ms
@@ -29,6 +30,12 @@ class TelechatForCausalLM(nn.Cell):
         self.model = TelechatModel(config, kernels)
         self.lm_head = Linear(config.hidden_size, config.vocab_size, False, to_ms_dtype(config.compute_dtype),
                               to_ms_dtype(config.param_dtype), config.initializer_range)
+        if config.tie_word_embeddings:
+            # one Parameter read by both cells (TeleChat v1 7B): (V, H) is the Linear (out, in) layout already;
+            # it keeps the embedding's name, so checkpoints hold it once
+            self.lm_head.weight = self.model.tok_embeddings.embedding_weight
+        self.logit_multiplier = config.logit_multiplier        # Tele-FLM output_mult / mup_scale_factor
+        self.mul_logits = ops.Mul()
         self.loss = CausalLMLoss()
         self.cast = ops.Cast()
         self.reshape = ops.Reshape()
@@ -40,7 +47,7 @@ class TelechatForCausalLM(nn.Cell):
         # (seq_length + 1)-token training rows at plain RoPE when seq_length == training_seqlen.
         ntk_len = 0 if labels is None else input_ids.shape[1] - 1
         hidden, aux = self.model(input_ids, attention_mask, position_ids, document_ids, ntk_len)  # (B, S, H)
-        logits = self.cast(self.lm_head(hidden), ms.float32)                           # (B, S, V)
+        logits = self.head(hidden)                                                     # (B, S, V) fp32
         if labels is None:
             return logits
         vocab = logits.shape[-1]
@@ -48,6 +55,13 @@ class TelechatForCausalLM(nn.Cell):
         shift_labels = self.reshape(labels[:, 1:], (-1,))                              # (B*(S-1),)
         shift_mask = None if loss_mask is None else self.reshape(loss_mask[:, 1:], (-1,))
         return self.loss(shift_logits, shift_labels, shift_mask) + aux
+
+    def head(self, hidden):
+        """hidden (..., H) -> fp32 logits (..., V), times the logit multiplier (1.0 adds no op)."""
+        logits = self.cast(self.lm_head(hidden), ms.float32)
+        if self.logit_multiplier != 1.0:
+            logits = self.mul_logits(logits, self.logit_multiplier)
+        return logits
 
     def shard(self, parallel) -> None:
         """Shard the whole model; lm_head is vocab-parallel like the loss that reads its logits."""
@@ -58,5 +72,5 @@ class TelechatForCausalLM(nn.Cell):
     @classmethod
     def from_pretrained(cls, path: str, kernels: Kernels | None = None, **config_overrides):
         """Build from a converted directory (model_config.yaml + safetensors) written by convert/hf2ms.py."""
-        from ..convert.checkpoint import load_pretrained   # pylint: disable=import-outside-toplevel
+        from ..io.checkpoint import load_pretrained   # pylint: disable=import-outside-toplevel
         return load_pretrained(cls, path, kernels, **config_overrides)

@@ -66,7 +66,7 @@ class DecoderLayer(nn.Cell):
 
 
 class TelechatModel(nn.Cell):
-    """Embedding -> (optional embedding norm) -> decoder layers -> final norm."""
+    """Embedding (x embedding_multiplier) -> (optional embedding norm) -> decoder layers -> final norm."""
 
     def __init__(self, config, kernels: Kernels = Kernels()):
         super().__init__()
@@ -75,6 +75,9 @@ class TelechatModel(nn.Cell):
         self.compute_dtype = to_ms_dtype(config.compute_dtype)
         self.tok_embeddings = Embedding(config.vocab_size, config.hidden_size, param, config.initializer_range)
         self.embed_norm = config.embed_layernorm
+        # architecture constants (Tele-FLM's input_mult); 1.0 adds no op to the graph
+        self.embedding_multiplier = config.embedding_multiplier
+        self.mul_embed = ops.Mul()
         if self.embed_norm:
             self.tok_embeddings_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, param, kernels)
         self.layers = nn.CellList([DecoderLayer(config, kernels) for _ in range(config.num_layers)])
@@ -111,6 +114,8 @@ class TelechatModel(nn.Cell):
 
     def _run(self, input_ids, rope, mask, placement):
         x = self.cast(self.tok_embeddings(input_ids), self.compute_dtype)             # (B, S, H)
+        if self.embedding_multiplier != 1.0:
+            x = self.mul_embed(x, self.embedding_multiplier)
         if self.embed_norm:
             x = self.tok_embeddings_norm(x)
         aux = Tensor(0.0, ms.float32)

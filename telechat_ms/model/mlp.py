@@ -9,7 +9,8 @@ from .linear import Linear
 
 
 class MLP(nn.Cell):
-    """w2(silu(w1 x) * w3 x) + b2 with w1 = gate_proj, w3 = up_proj, w2 = down_proj (bias on w2 only)."""
+    """w2(silu(w1 x) * w3 x) (+ b2) with w1 = gate_proj, w3 = up_proj, w2 = down_proj (bias on w2 only, when
+    config.mlp_out_bias)."""
 
     def __init__(self, config):
         super().__init__()
@@ -17,7 +18,7 @@ class MLP(nn.Cell):
         hidden, ffn, std = config.hidden_size, config.ffn_hidden_size, config.initializer_range
         self.w1 = Linear(hidden, ffn, False, compute, param, std)
         self.w3 = Linear(hidden, ffn, False, compute, param, std)
-        self.w2 = Linear(ffn, hidden, True, compute, param, std)
+        self.w2 = Linear(ffn, hidden, config.mlp_out_bias, compute, param, std)
         self.silu = nn.SiLU()
         self.mul = ops.Mul()
         self.zero = Tensor(0.0, ms.float32)

@@ -1,4 +1,6 @@
-"""Rotary position embedding with TeleChat2's dynamic NTK + mscale rule (spec §2.5).
+"""Rotary position embedding (rotate-half over the full head_dim) with each family's length rule: a small table
+of named functions (total length -> base, mscale): TeleChat2/v1 dynamic NTK + mscale (spec §2.5), FLM's
+theta x alpha, and HF Llama's fixed theta with linear / dynamic rope_scaling.
 
 The cos/sin tables are a function of the (static) sequence length only, so they are computed on the host
 with numpy, reproducing the HF arithmetic (fp32 inverse frequencies, fp16 rounding of cos/sin, mscale
@@ -7,6 +9,9 @@ table becomes a graph constant (MindSpore JIT fallback); in PYNATIVE_MODE it is 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 from mindspore import Tensor, nn, ops
 
@@ -14,21 +19,72 @@ from ..config.model import ntk_alpha, ntk_mscale
 from .kernels import Kernels
 
 
-def rotary_tables(total_len: int, start: int, length: int, head_dim: int, training_seqlen: int,
-                  base_seqlen: int, theta: float, fp16_rounding: bool) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class RopeSpec:
+    """Everything that shapes the rotary tables, from the model config (one per model)."""
+    head_dim: int
+    variant: str                 # a key of ROPE_VARIANTS
+    theta: float
+    training_seqlen: int
+    base_seqlen: int
+    fp16_rounding: bool
+    scaling: str = "none"        # none | linear | dynamic (HF Llama rope_scaling, variant "plain" only)
+    scaling_factor: float = 1.0
+
+    @classmethod
+    def from_config(cls, config) -> "RopeSpec":
+        return cls(config.head_dim, config.rope_variant, config.rope_theta, config.training_seqlen,
+                   config.base_seqlen, config.rotary_fp16_rounding, config.rope_scaling, config.rope_scaling_factor)
+
+
+def _telechat(spec: RopeSpec, total_len: int) -> tuple[float, float]:
+    """TeleChat2 (spec §2.5) and v1 (its hard-coded divisor is our base_seqlen): dynamic NTK with the d/(d-2)
+    exponent on alpha, mscale past training_seqlen."""
+    alpha = ntk_alpha(total_len, spec.training_seqlen, spec.base_seqlen)
+    return spec.theta * alpha ** (spec.head_dim / (spec.head_dim - 2)), ntk_mscale(total_len, spec.training_seqlen)
+
+
+def _flm(spec: RopeSpec, total_len: int) -> tuple[float, float]:
+    """TeleChat-52B / FLM: base = theta * alpha (no exponent), alpha from the total length over base_seqlen
+    (4096), no clamp to a training length, no mscale (spec families.md §2)."""
+    return spec.theta * ntk_alpha(total_len, 0, spec.base_seqlen), 1.0
+
+
+def _plain(spec: RopeSpec, total_len: int) -> tuple[float, float]:
+    """HF Llama: fixed theta; rope_scaling dynamic grows the base past base_seqlen (max_position_embeddings)
+    as transformers' dynamic NTK does for a forward of `total_len` positions."""
+    if spec.scaling == "dynamic" and total_len > spec.base_seqlen:
+        factor = spec.scaling_factor * total_len / spec.base_seqlen - (spec.scaling_factor - 1)
+        return spec.theta * factor ** (spec.head_dim / (spec.head_dim - 2)), 1.0
+    return spec.theta, 1.0
+
+
+# the named rotary rules of docs/models.md: (spec, total length) -> (base, mscale)
+ROPE_VARIANTS: dict[str, Callable[[RopeSpec, int], tuple[float, float]]] = {
+    "telechat2": _telechat, "telechat1": _telechat, "flm": _flm, "plain": _plain,
+}
+
+
+def rope_regime(spec: RopeSpec, total_len: int) -> tuple[float, float]:
+    """(base, mscale) for a sequence of `total_len` positions: when it changes, cached keys are stale."""
+    return ROPE_VARIANTS[spec.variant](spec, total_len)
+
+
+def rotary_tables(spec: RopeSpec, total_len: int, start: int, length: int) -> tuple[np.ndarray, np.ndarray]:
     """cos, sin of shape (length, head_dim) for positions [start, start+length) of a sequence whose total
-    (past + new) length is `total_len`; alpha and mscale follow HF's per-forward recomputation."""
-    alpha = ntk_alpha(total_len, training_seqlen, base_seqlen)
-    mscale = np.float32(ntk_mscale(total_len, training_seqlen))
-    base = theta * alpha ** (head_dim / (head_dim - 2))                               # python double, as HF
-    exponent = np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)
+    (past + new) length is `total_len`; base and mscale follow HF's per-forward recomputation."""
+    base, mscale = rope_regime(spec, total_len)
+    mscale = np.float32(mscale)
+    exponent = np.arange(0, spec.head_dim, 2, dtype=np.float32) / np.float32(spec.head_dim)
     inv_freq = (np.float32(1.0) / (np.float32(base) ** exponent)).astype(np.float32)   # (head_dim/2,)
+    if spec.scaling == "linear":
+        inv_freq = (inv_freq / np.float32(spec.scaling_factor)).astype(np.float32)     # HF: inv_freq / factor
     positions = np.arange(start, start + length, dtype=np.float32)
     freqs = np.outer(positions, inv_freq).astype(np.float32)                          # (length, head_dim/2)
     emb = np.concatenate([freqs, freqs], axis=-1)                                     # (length, head_dim)
     # fp64 then fp32: the correctly rounded fp32 cos/sin that torch's fp32 kernels produce (to ~1 ulp)
     cos, sin = np.cos(emb.astype(np.float64)).astype(np.float32), np.sin(emb.astype(np.float64)).astype(np.float32)
-    if fp16_rounding:
+    if spec.fp16_rounding:
         cos = (cos.astype(np.float16).astype(np.float32) * mscale).astype(np.float16).astype(np.float32)
         sin = (sin.astype(np.float16).astype(np.float32) * mscale).astype(np.float16).astype(np.float32)
     else:
@@ -39,16 +95,11 @@ def rotary_tables(total_len: int, start: int, length: int, head_dim: int, traini
 class RotaryEmbedding(nn.Cell):
     """Returns cos/sin tables for a sequence and applies rotate-half RoPE over the full head_dim."""
 
-    def __init__(self, head_dim: int, training_seqlen: int, base_seqlen: int, theta: float,
-                 fp16_rounding: bool, kernels: Kernels = Kernels()):
+    def __init__(self, spec: RopeSpec, kernels: Kernels = Kernels()):
         super().__init__()
-        self.head_dim = head_dim
-        self.training_seqlen = training_seqlen
-        self.base_seqlen = base_seqlen
-        self.theta = theta
-        self.fp16_rounding = fp16_rounding
+        self.spec = spec
         self.fused = kernels.fused_rope
-        self.half = head_dim // 2
+        self.half = spec.head_dim // 2
         self.cast = ops.Cast()
         self.mul_cos = ops.Mul()
         self.mul_sin = ops.Mul()
@@ -58,14 +109,12 @@ class RotaryEmbedding(nn.Cell):
 
     @classmethod
     def from_config(cls, config, kernels: Kernels = Kernels()) -> "RotaryEmbedding":
-        return cls(config.head_dim, config.training_seqlen, config.base_seqlen, config.rope_theta,
-                   config.rotary_fp16_rounding, kernels)
+        return cls(RopeSpec.from_config(config), kernels)
 
     def tables(self, seq_len: int, dtype, ntk_len: int = 0):
         """cos, sin (seq_len, head_dim) for positions 0..seq_len-1; NTK alpha/mscale from `ntk_len`
         (default: seq_len, the HF rule for a full forward)."""
-        cos, sin = rotary_tables(ntk_len or seq_len, 0, seq_len, self.head_dim, self.training_seqlen,
-                                 self.base_seqlen, self.theta, self.fp16_rounding)
+        cos, sin = rotary_tables(self.spec, ntk_len or seq_len, 0, seq_len)
         return self.cast(Tensor(cos), dtype), self.cast(Tensor(sin), dtype)
 
     def construct(self, x, cos, sin):

@@ -21,9 +21,9 @@ import shutil
 import tempfile
 
 from ..config.base import ConfigError, atomic_write_text
-from ..convert.output import copy_side_files
-from ..convert.pipeline import MODEL_CONFIG
-from ..convert.sources import SAFE_INDEX, SAFE_SINGLE
+from ..io.output import copy_side_files
+from ..io.checkpoint import MODEL_CONFIG
+from ..io.sources import SAFE_INDEX, SAFE_SINGLE
 
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "trainer_state.json"

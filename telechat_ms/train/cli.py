@@ -59,7 +59,7 @@ _OVERRIDES = ("run_mode", "load_checkpoint", "dataset_dir", "use_parallel", "res
 def train_main(argv: list[str] | None = None) -> int:
     args = build_train_parser().parse_args(argv)
     from ..config.base import ConfigError   # pylint: disable=import-outside-toplevel
-    from ..convert.errors import ConvertError   # pylint: disable=import-outside-toplevel
+    from ..io.errors import ConvertError   # pylint: disable=import-outside-toplevel
     overrides = {k: getattr(args, k) for k in _OVERRIDES if getattr(args, k) is not None}
     try:
         if args.engine == "mindformers":

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from ..config.base import ConfigError
 from ..config.model import TelechatConfig
-from ..convert.pipeline import MODEL_CONFIG
+from ..io.checkpoint import MODEL_CONFIG
 from . import checkpoint as ckpt
 from .amp import LossScaler, apply_amp, model_config_for_amp, resolve_amp_level
 from .batches import BatchSchedule, iterate_batches

@@ -17,7 +17,7 @@ from . import ckpt_io, safetensors_io
 from .dtypes import BY_NAME, OUTPUT_DTYPES, cast
 from .errors import ConvertError
 from .sources import SAFE_INDEX, Source
-from .views import Virtual
+from .virtual import Virtual
 
 DEFAULT_CHUNK_BYTES = 32 * 2**20      # per read; working set ~1 chunk (same dtype) to ~2.5 chunks (bf16 cast)
 COPY_BYTES = 256 * 2**20              # per in-kernel copy (also the .ckpt slice size, MindSpore uses 512 MiB)

@@ -1,4 +1,5 @@
-"""Build a model from a converted directory: `TelechatForCausalLM.from_pretrained(path)` lands here."""
+"""The converted-directory format (model_config.yaml + weights + convert_meta.json) and loading a model from it:
+`TelechatForCausalLM.from_pretrained(path)` lands here."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,8 +9,11 @@ import os
 from ..config.base import ConfigError
 from ..config.model import TelechatConfig
 from .errors import ConvertError, summarize
-from .pipeline import MODEL_CONFIG
 from .sources import SAFE_INDEX, read_index
+
+MODEL_CONFIG = "model_config.yaml"
+HF_CONFIG = "config.json"
+META = "convert_meta.json"          # how the directory was made; the HF router key spelling for the way back
 
 
 def weight_files(path: str) -> tuple[list[str], str]:
