@@ -177,3 +177,22 @@ def test_chat_interactive_with_tp_is_an_error(checkpoints, capsys):
     from telechat_ms.cli import main   # pylint: disable=import-outside-toplevel
     assert main(["chat", "--model", checkpoints["gqa"], "--tp", "2", "--interactive"]) == 2
     assert "--interactive is single-process" in capsys.readouterr().err
+
+
+def test_tied_embeddings_give_each_rank_its_vocab_rows_of_the_table(tmp_path):
+    """TeleChat v1 7B ties lm_head to the embedding, stored once: each rank's vocab-parallel head reads its rows
+    of the embedding table, and the replicated embedding stays whole."""
+    from telechat_ms import TelechatConfig   # pylint: disable=import-outside-toplevel
+    set_mode("pynative")
+    config = TelechatConfig.preset("tiny_telechat1")
+    ms.save_checkpoint(TelechatForCausalLM(config), str(tmp_path / "model.ckpt"))
+    config.to_yaml(str(tmp_path / "model_config.yaml"))
+    names = list(tensor_parallel.build_rank_model(config, TP, collectives=False).parameters_dict())
+    assert "lm_head.weight" in names
+    with open_ms(str(tmp_path)) as source:
+        assert "lm_head.weight" not in source.infos
+        table = source.read(tensor_parallel.TIED_HEAD_SOURCE, 0, config.vocab_size * config.hidden_size)
+        table = table.reshape(config.vocab_size, config.hidden_size)
+        parts = [tensor_parallel.read_rank_state(source, names, TP, rank, tied=True) for rank in range(TP)]
+        np.testing.assert_array_equal(np.concatenate([p["lm_head.weight"] for p in parts]), table)
+        np.testing.assert_array_equal(parts[1][tensor_parallel.TIED_HEAD_SOURCE], table)

@@ -118,30 +118,41 @@ def check_names(source: Source, names) -> None:
                            + "; ".join(p for p in parts if p))
 
 
-def rank_slice(source: Source, name: str, tp: int, rank: int) -> np.ndarray:
+def rank_slice(source: Source, name: str, tp: int, rank: int, key: str | None = None) -> np.ndarray:
     """float32 part of parameter `name` held by `rank`: split parameters sliced, row-parallel biases / tp,
-    replicated ones whole."""
-    info = source.infos[name]
+    replicated ones whole. `key`: the checkpoint tensor holding it (default `name`)."""
+    key = key or name
+    info = source.infos[key]
     if info.dtype not in dtypes.FLOAT_DTYPES:
-        raise ConvertError(f"{source.description}: '{name}' has dtype {info.dtype}, expected a float dtype")
+        raise ConvertError(f"{source.description}: '{key}' has dtype {info.dtype}, expected a float dtype")
     kind, axis = split_rule(name)
     if kind == "split":
         if info.shape[axis] % tp:
-            raise ConvertError(f"{source.description}: '{name}' {list(info.shape)}: axis {axis} is not "
+            raise ConvertError(f"{source.description}: '{key}' {list(info.shape)}: axis {axis} is not "
                                f"divisible by tp={tp}")
-        data = read_split(source, name, axis, rank, tp)
+        data = read_split(source, key, axis, rank, tp)
     else:
-        data = source.read(name, 0, info.numel).reshape(info.shape)
+        data = source.read(key, 0, info.numel).reshape(info.shape)
     data = dtypes.cast(data, info.dtype, "float32")
     if kind == "bias":
         data = data / np.float32(tp)           # each rank adds 1/tp of the bias; the all-reduce sums them
     return np.ascontiguousarray(data, dtype=np.float32)
 
 
-def read_rank_state(source: Source, names, tp: int, rank: int) -> dict[str, np.ndarray]:
+TIED_HEAD_SOURCE = "model.tok_embeddings.embedding_weight"
+
+
+def checkpoint_keys(names, tied: bool) -> dict[str, str]:
+    """{rank parameter name: checkpoint tensor}. Tied embeddings (TeleChat v1 7B): the rank's vocab-parallel
+    head is its slice of the embedding table, which the checkpoint stores once."""
+    return {n: (TIED_HEAD_SOURCE if tied and n == "lm_head.weight" else n) for n in names}
+
+
+def read_rank_state(source: Source, names, tp: int, rank: int, tied: bool = False) -> dict[str, np.ndarray]:
     """{name: float32 slice} of one rank (all at once: for tests and small models)."""
-    check_names(source, names)
-    return {name: rank_slice(source, name, tp, rank) for name in names}
+    keys = checkpoint_keys(names, tied)
+    check_names(source, set(keys.values()))
+    return {name: rank_slice(source, name, tp, rank, key) for name, key in keys.items()}
 
 
 # ---------------------------------------------------------------- per-rank model
@@ -198,7 +209,7 @@ def build_rank_model(config: TelechatConfig, tp: int, kernels=None, collectives:
     net = TelechatForCausalLM(local, kernels)
     head = VocabParallelHead(config.hidden_size, config.vocab_size // tp, to_ms_dtype(config.compute_dtype),
                              to_ms_dtype(config.param_dtype), config.initializer_range)
-    net.lm_head = head
+    net.lm_head = head                         # with tied embeddings: its own copy of the rank's vocab rows
     head.weight.name = "lm_head.weight"        # attached after construction: keep the checkpoint name
     if collectives:
         for layer in net.model.layers:
@@ -213,9 +224,10 @@ def load_rank_weights(net, source: Source, tp: int, rank: int) -> None:
     """Read this rank's slices into `net` (built by build_rank_model) one tensor at a time; names and shapes
     are checked. Values are cast to each parameter's dtype (e.g. bf16 weights into an fp32 CPU model)."""
     wanted = net.parameters_dict()
-    check_names(source, wanted)
+    keys = checkpoint_keys(wanted, net.config.tie_word_embeddings)
+    check_names(source, set(keys.values()))
     for name, param in wanted.items():
-        data = rank_slice(source, name, tp, rank)
+        data = rank_slice(source, name, tp, rank, keys[name])
         if tuple(param.shape) != data.shape:
             raise ConvertError(f"{source.description}: '{name}': the tp={tp} slice is {list(data.shape)} but the "
                                f"rank model holds {list(param.shape)}")
