@@ -1,10 +1,17 @@
-"""`telechat-ms chat` / scripts/run_predict.py: prompts, jsonl batches or an interactive chat."""
+"""`telechat-ms chat` / scripts/run_predict.py: prompts, jsonl batches or an interactive chat.
+
+Exit status: 0 done, 2 bad input (one `error:` line), 130 --prompt / --input interrupted (Ctrl-C or SIGTERM;
+nothing is written). --interactive: Ctrl-C during an answer stops that answer; Ctrl-C, Ctrl-D or /exit at the
+prompt end the chat with 0.
+"""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
+import signal
 import sys
 
 from ..config.base import ConfigError, atomic_write_text
@@ -18,13 +25,15 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="one user message")
     src.add_argument("--input", help='jsonl: one {"prompt": ...} or {"messages": [...]} per line')
-    p.add_argument("--output", help="jsonl answers for --input (default: stdout)")
+    p.add_argument("--output", help="jsonl answers for --input (default: stdout); an existing file is refused")
+    p.add_argument("--overwrite", action="store_true", help="let --output replace an existing file")
     p.add_argument("--interactive", action="store_true", help="chat in the terminal, keeping the history")
     p.add_argument("--system", help="system prompt (default: the TeleChat2 default)")
     p.add_argument("--template", choices=("chat", "mindformers"), default="chat")
     p.add_argument("--tokenizer", help="tokenizer.model or dir (default: the model dir)")
     p.add_argument("--max-new-tokens", type=int)
-    p.add_argument("--max-length", type=int, help="KV cache size (default: the model's seq_length)")
+    p.add_argument("--max-length", type=int,
+                   help="KV cache size = prompt + answer tokens (default: the model's seq_length)")
     p.add_argument("--do-sample", action="store_true", default=None)
     p.add_argument("--temperature", type=float)
     p.add_argument("--top-k", type=int)
@@ -37,6 +46,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("graph", "pynative"), default="graph")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel size (launch with msrun, one worker per rank)")
     return p
+
+
+def check_args(args) -> None:
+    """Refuse impossible flags before anything is loaded (a 0 is never "the default")."""
+    bad = [f"--{name.replace('_', '-')} must be >= 1, got {value}"
+           for name in ("max_length", "tp") if (value := getattr(args, name)) is not None and value < 1]
+    if args.output and not args.input:
+        bad.append("--output is for --input (answers to --prompt / --interactive go to stdout)")
+    elif args.output:
+        directory = os.path.dirname(os.path.abspath(args.output))
+        if not os.path.isdir(directory):
+            bad.append(f"--output {args.output}: directory {directory} does not exist")
+        elif os.path.lexists(args.output) and not args.overwrite:
+            bad.append(f"--output {args.output} already exists; pass --overwrite to replace it")
+    if bad:
+        raise ConfigError("; ".join(bad))
+
+
+def _write_output(path: str, text: str, overwrite: bool) -> None:
+    """Atomic (temp file + rename); checked again here: the file may have appeared during generation."""
+    if os.path.lexists(path) and not overwrite:
+        raise ConfigError(f"--output {path} already exists; pass --overwrite to replace it")
+    try:
+        atomic_write_text(path, text)
+    except OSError as exc:          # read-only or full disk: the temp file is removed, `path` untouched
+        raise ConfigError(f"--output {path}: cannot write: {exc.strerror or exc}") from None
+
+
+def _warn_if_cut(result, row: int, max_new_tokens: int, prompt: str, max_length: int, where: str = "") -> None:
+    """The KV cache (prompt + answer <= max_length) ended the answer before max_new_tokens: say so on stderr
+    (the answer is still printed / written; a warning, not an error: most answers end well before the cap)."""
+    got = len(result.tokens[row])
+    if result.stop_reason[row] == "length" and got < max_new_tokens:
+        print(f"warning: {where}answer cut at {got} of --max-new-tokens {max_new_tokens} tokens: {prompt} and the "
+              f"answer must fit --max-length {max_length} (the KV cache size); raise --max-length or shorten the "
+              "prompt", file=sys.stderr)
 
 
 def generation_config(args) -> GenerationConfig:
@@ -80,7 +125,7 @@ def _report(result, out) -> None:
 def _run_batch(args, model, tokenizer, config) -> int:
     from ..data.chat_template import render_ids
     from .chat import complete
-    rows, prompts = [], []
+    rows, prompts, linenos = [], [], []
     with open(args.input, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
@@ -95,18 +140,53 @@ def _run_batch(args, model, tokenizer, config) -> int:
                 raise ConfigError(f"{args.input}:{lineno}: expected {{\"prompt\": str}} or {{\"messages\": "
                                   f"[...]}}: {exc}") from None
             rows.append(row)
+            linenos.append(lineno)
     if not prompts:
         raise ConfigError(f"{args.input}: no prompts")
-    answers, result = complete(model, tokenizer, prompts, config, args.max_length or model.config.seq_length)
+    max_length = model.config.seq_length if args.max_length is None else args.max_length
+    answers, result = complete(model, tokenizer, prompts, config, max_length)
     if not _is_lead(model):
         return 0
+    longest = max(map(len, prompts))       # left padding: every row of the batch has the room of the longest
+    for row, lineno in enumerate(linenos):
+        _warn_if_cut(result, row, config.max_new_tokens, f"the batch's longest prompt ({longest} tokens)",
+                     max_length, f"{args.input}:{lineno}: ")
     text = "".join(json.dumps({**row, "answer": ans}, ensure_ascii=False) + "\n" for row, ans in zip(rows, answers))
     if args.output:
-        atomic_write_text(args.output, text)
+        _write_output(args.output, text, args.overwrite)
     else:
         sys.stdout.write(text)
     _report(result, sys.stderr)
     return 0
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """Ctrl-C must reach Python as KeyboardInterrupt. MindSpore's graph runtime installs, at every graph run, a
+    C SIGINT handler that sends the process SIGTERM (mindspore DefaultIntHandler), so SIGTERM is taken as
+    Ctrl-C while the command runs (and therefore also stops only the current answer in --interactive)."""
+    old_term, old_int = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGINT, old_int)   # also takes SIGINT back from MindSpore's C handler
+
+
+def _read_question() -> str | None:
+    """The next interactive question; None ends the chat: /exit, EOF (Ctrl-D) or Ctrl-C at the prompt."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)    # no graph runs here: Python's handler stays
+    try:
+        question = input("\nuser> ")
+    except (EOFError, KeyboardInterrupt):
+        print()                                 # leave the terminal on a fresh line
+        return None
+    return None if question.strip() in ("/exit", "/quit") else question
 
 
 def _run_chat(args, model, tokenizer, config) -> int:
@@ -121,17 +201,22 @@ def _run_chat(args, model, tokenizer, config) -> int:
             if not questions:
                 return 0
             question = questions.pop(0)
-        else:
-            try:
-                question = input("\nuser> ")
-            except EOFError:
-                return 0
-            if question.strip() in ("/exit", "/quit"):
-                return 0
-        answer, result = session.ask(question, on_text=stream)
-        if lead:
-            print("" if stream else answer)
-            _report(result, sys.stderr)
+        elif (question := _read_question()) is None:
+            return 0
+        kept = len(session.messages)
+        try:
+            answer, result = session.ask(question, on_text=stream)
+            if lead:
+                print("" if stream else answer)
+                _report(result, sys.stderr)
+                _warn_if_cut(result, 0, config.max_new_tokens, f"the prompt with the conversation so far "
+                             f"({result.prompt_tokens} tokens)", session.max_length)
+        except KeyboardInterrupt:
+            if questions is not None:           # --prompt: Ctrl-C ends the run (main reports it)
+                raise
+            # Ctrl-C during an answer stops that answer only; a turn is kept whole or not at all
+            del session.messages[kept:]
+            print("\n[answer interrupted; this question is not kept in the conversation]", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,11 +229,16 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --interactive is single-process; with --tp use --prompt or --input", file=sys.stderr)
         return 2
     try:
+        check_args(args)
         config = generation_config(args)
-        model, tokenizer = _load(args)
-        if args.input:
-            return _run_batch(args, model, tokenizer, config)
-        return _run_chat(args, model, tokenizer, config)
+        with _interruptible():
+            model, tokenizer = _load(args)
+            if args.input:
+                return _run_batch(args, model, tokenizer, config)
+            return _run_chat(args, model, tokenizer, config)
     except (ConfigError, ConvertError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:                   # Ctrl-C or SIGTERM; --output is written only at the end
+        print("interrupted", file=sys.stderr)
+        return 130
