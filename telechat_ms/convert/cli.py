@@ -8,6 +8,7 @@ import argparse
 import sys
 
 from ..config.base import ConfigError
+from ..families import all_families
 from ..io.dtypes import OUTPUT_DTYPES
 from ..io.errors import ConvertError, summarize
 from .pipeline import FORMATS, convert_hf_to_ms, convert_mindformers_to_ms, convert_ms_to_hf
@@ -25,19 +26,28 @@ def _common(parser: argparse.ArgumentParser, formats: bool) -> None:
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
+def _family_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--family", default=None,
+                        help=f"model family ({', '.join(f.name for f in all_families())}); default: {what}")
+
+
 def _hf2ms_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf2ms", description="HF TeleChat2 checkpoint -> telechat_ms MindSpore")
+    parser = argparse.ArgumentParser(prog="hf2ms", description="HF checkpoint (TeleChat2, TeleChat v1, "
+                                     "TeleChat-52B, Tele-FLM, Aquila2, Llama-2, ...) -> telechat_ms MindSpore")
     parser.add_argument("--src", required=True, help="HF model directory (config.json + safetensors or .bin)")
+    _family_option(parser, "detected from config.json and the tensor names")
     _common(parser, formats=True)
     return parser
 
 
 def _ms2hf_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ms2hf", description="telechat_ms MindSpore checkpoint -> HF TeleChat2")
+    parser = argparse.ArgumentParser(prog="ms2hf", description="telechat_ms MindSpore checkpoint -> HF checkpoint "
+                                     "in the family's own layout")
     parser.add_argument("--src", required=True,
                         help="converted directory, a .ckpt / .safetensors training checkpoint, or a merged "
                              "distributed checkpoint directory")
     parser.add_argument("--config", help="model_config.yaml or HF config.json (needed when --src has none)")
+    _family_option(parser, "model_config.yaml's; detected when --config is an HF config.json")
     parser.add_argument("--router-key", choices=("router", "gate"), default=None,
                         help="MoE router HF key mlp.<router|gate>.weight (default: as the hf2ms source had it, "
                              "else router)")
@@ -67,6 +77,8 @@ def _run(parser: argparse.ArgumentParser, argv, convert) -> int:
         return 2
     if report.dropped:
         print(f"dropped {len(report.dropped)} non-model entries: {summarize(report.dropped)}")
+    for note in report.notes:
+        print(note)
     print(report.summary())
     return 0
 

@@ -1,7 +1,8 @@
 """The three conversions, as library functions the CLIs wrap.
 
-Each one: check the destination, load the config, open the source lazily, validate everything (keys, shapes,
-dtypes, file integrity from headers), and only then stream the tensors into a staged output directory.
+Each one: check the destination, load the config (hf2ms: detect the family), open the source lazily, validate
+everything (keys, shapes, dtypes, file integrity from headers), and only then stream the tensors into a staged
+output directory. The family's name table (families/<family>.py) decides the HF layout in both directions.
 """
 from __future__ import annotations
 
@@ -15,13 +16,19 @@ from tqdm import tqdm
 
 from ..config.base import ConfigError
 from ..config.model import TelechatConfig
+from ..families import detect
+from ..families.hf_config import read_hf_json
+from ..io.checkpoint import HF_CONFIG, META, MODEL_CONFIG
 from ..io.dtypes import BY_NAME, OUTPUT_DTYPES, parse_size
 from ..io.errors import ConvertError
-from ..io.checkpoint import HF_CONFIG, META, MODEL_CONFIG
 from ..io.output import check_destination, copy_side_files, staged_output, write_json
 from ..io.sources import open_hf, open_ms
-from .views import hf_outputs, hf_view, ms_outputs, ms_view
+from ..io.virtual import Virtual
 from ..io.writer import DEFAULT_CHUNK_BYTES, output_dtypes, write_ckpt, write_safetensors
+from . import hf_extras
+from .memory import WithConstants
+from .names import table
+from .views import hf_outputs, hf_view, ms_outputs, ms_view
 
 FORMATS = ("safetensors", "ckpt")
 
@@ -35,6 +42,7 @@ class ConvertReport:
     seconds: float
     dropped: list[str] = field(default_factory=list)     # non-model entries of a training checkpoint
     copied: list[str] = field(default_factory=list)      # tokenizer / generation files
+    notes: list[str] = field(default_factory=list)       # choices worth telling the user (which config.json)
 
     def summary(self) -> str:
         rate = self.bytes / 2**20 / self.seconds if self.seconds > 0 else float("inf")
@@ -42,15 +50,16 @@ class ConvertReport:
                 f"{self.dst} in {self.seconds:.1f} s ({rate:.0f} MiB/s)")
 
 
-def load_config(path: str) -> TelechatConfig:
-    """Our model_config.yaml or an HF config.json (a file, or a directory holding one)."""
+def load_config(path: str, family: str | None = None) -> TelechatConfig:
+    """Our model_config.yaml or an HF config.json (a file, or a directory holding one); `family` overrides
+    the detection of an HF config's family."""
     try:
         if os.path.isdir(path):
             if os.path.isfile(os.path.join(path, MODEL_CONFIG)):
                 return TelechatConfig.from_yaml(os.path.join(path, MODEL_CONFIG))
-            return TelechatConfig.from_hf_config(os.path.join(path, HF_CONFIG))
+            return TelechatConfig.from_hf_config(os.path.join(path, HF_CONFIG), family=family)
         if path.endswith(".json"):
-            return TelechatConfig.from_hf_config(path)
+            return TelechatConfig.from_hf_config(path, family=family)
         if path.endswith((".yaml", ".yml")):
             return TelechatConfig.from_yaml(path)
     except ConfigError as exc:
@@ -77,9 +86,10 @@ def _with_param_dtype(config: TelechatConfig, items, dtype) -> TelechatConfig:
     return dataclasses.replace(config, param_dtype=dtypes.pop()) if len(dtypes) == 1 else config
 
 
-def _write_ms(source, items, config, dst, opts: dict, side_dirs, meta: dict) -> ConvertReport:
+def _write_ms(source, items, config, dst, opts: dict, side_dirs, meta: dict, keep_config=None) -> ConvertReport:
     start, dtype = time.perf_counter(), opts["dtype"]
     with staged_output(dst, opts["overwrite"]) as out, _bar(items, dtype, opts["progress"], "convert") as bar:
+        kept = [hf_extras.keep_hf_config(keep_config, out)] if keep_config else []
         if opts["fmt"] == "ckpt":
             written = write_ckpt(out, items, source, dtype, opts["chunk_bytes"], bar)
         else:
@@ -88,60 +98,105 @@ def _write_ms(source, items, config, dst, opts: dict, side_dirs, meta: dict) -> 
         _with_param_dtype(config, items, dtype).to_yaml(os.path.join(out, MODEL_CONFIG))
         copied = copy_side_files(side_dirs, out)
         write_json(os.path.join(out, META), {**meta, "format": opts["fmt"], "dtype": dtype})
-    return ConvertReport(dst, len(items), written.total_size, written.files + [MODEL_CONFIG, META] + copied,
-                         time.perf_counter() - start, meta.get("dropped", []), copied)
+    return ConvertReport(dst, len(items), written.total_size,
+                         written.files + [MODEL_CONFIG, META] + kept + copied, time.perf_counter() - start,
+                         meta.get("dropped", []), copied)
 
 
-def convert_hf_to_ms(src: str, dst: str, *, dtype: str | None = None, fmt: str = "safetensors",
-                     max_shard_size="4GB", overwrite: bool = False, progress: bool = False,
-                     chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> ConvertReport:
-    """HF TeleChat2 directory -> our MindSpore directory (sharded safetensors + index, or one .ckpt)."""
+
+def _hf_source_config(src: str, source, family: str | None):
+    """(config, family) of an HF directory: its config.json, the family detected from it and the tensor
+    names (`family` overrides), mapped by that family's HF config reader."""
+    try:
+        data, path = read_hf_json(os.path.join(src, HF_CONFIG))
+        fam = detect(data, frozenset(source.infos), family)
+        if fam.hf_layout is None:
+            raise ConvertError(f"family {fam.name!r} has no HF checkpoint layout")
+        return fam.config_from_hf(data, path), fam
+    except ConfigError as exc:
+        raise ConvertError(f"config: {exc}") from None
+
+
+def _table(config, spelling):
+    try:
+        return table(config, spelling)
+    except ConfigError as exc:
+        raise ConvertError(f"config: {exc}") from None
+
+
+def _uniform_dtype(view) -> str | None:
+    dtypes = {part.dtype for tensor in view.values() for part in tensor.segments}
+    return dtypes.pop() if len(dtypes) == 1 else None
+
+
+def convert_hf_to_ms(src: str, dst: str, *, family: str | None = None, dtype: str | None = None,
+                     fmt: str = "safetensors", max_shard_size="4GB", overwrite: bool = False,
+                     progress: bool = False, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> ConvertReport:
+    """HF directory of any known family -> our MindSpore directory (sharded safetensors + index, or one .ckpt).
+
+    The family is detected from config.json and the tensor names unless `family` names it."""
     max_bytes = _options(dtype, fmt, max_shard_size)
     if not os.path.isdir(src):
         raise ConvertError(f"{src}: not a directory (expected an HF model directory with config.json and weights)")
     check_destination(dst, overwrite, [src])
-    config = load_config(os.path.join(src, HF_CONFIG))
+    if not os.path.isfile(os.path.join(src, HF_CONFIG)):
+        raise ConvertError(f"{os.path.join(src, HF_CONFIG)}: file not found (an HF model directory needs it)")
     with open_hf(src) as source:
-        view, router = hf_view(source, config)
-        meta = {"source": os.path.abspath(src), "source_kind": source.kind, "router_key": router}
+        config, fam = _hf_source_config(src, source, family)
+        spelling = fam.hf_layout.spelling(frozenset(source.infos))
+        names = _table(config, spelling)
+        view, buffers = hf_view(source, config, names)
+        meta = {"source": os.path.abspath(src), "source_kind": source.kind, "family": fam.name,
+                "hf_spelling": spelling, "router_key": spelling.get("router_key") if config.is_moe else None,
+                "hf_buffers": hf_extras.record_buffers(source, buffers, names),
+                "hf_config": hf_extras.HF_CONFIG_COPY, "hf_config_describes": hf_extras.describes(config),
+                "source_dtype": _uniform_dtype(view)}
         opts = dict(dtype=dtype, fmt=fmt, max_bytes=max_bytes, overwrite=overwrite, progress=progress,
                     chunk_bytes=chunk_bytes)
-        return _write_ms(source, ms_outputs(view, config), config, dst, opts, [src], meta)
+        return _write_ms(source, ms_outputs(view, names), config, dst, opts, [src], meta, keep_config=src)
 
 
 def convert_mindformers_to_ms(src: str, dst: str, *, config: str | None = None, dtype: str | None = None,
                               fmt: str = "safetensors", max_shard_size="4GB", overwrite: bool = False,
                               progress: bool = False, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> ConvertReport:
-    """A MindSpore checkpoint of the official port (or a training checkpoint) -> our MindSpore directory."""
+    """A MindSpore checkpoint of the official TeleChat2 port (or a training checkpoint) -> our directory."""
     max_bytes = _options(dtype, fmt, max_shard_size)
     check_destination(dst, overwrite, [src])
     model_config = _ms_config(src, config)
+    if model_config.family != "telechat2":
+        raise ConvertError(f"mf2ms converts checkpoints of the official mindformers TeleChat2 port only; the config "
+                           f"is family {model_config.family!r} (convert its HF checkpoint with hf2ms instead)")
+    names = _table(model_config, None)
     with open_ms(src) as source:
-        view, dropped = ms_view(source, model_config)
-        meta = {"source": os.path.abspath(src), "source_kind": source.kind, "router_key": None,
-                "dropped": dropped}
+        view, dropped = ms_view(source, model_config, names)
+        meta = {"source": os.path.abspath(src), "source_kind": source.kind, "family": model_config.family,
+                "router_key": None, "dropped": dropped}
         opts = dict(dtype=dtype, fmt=fmt, max_bytes=max_bytes, overwrite=overwrite, progress=progress,
                     chunk_bytes=chunk_bytes)
         side = [os.path.dirname(os.path.abspath(config)) if config else None, _src_dir(src)]
-        return _write_ms(source, ms_outputs(view, model_config), model_config, dst, opts, side, meta)
+        return _write_ms(source, ms_outputs(view, names), model_config, dst, opts, side, meta)
 
 
 def _src_dir(src: str) -> str:
     return src if os.path.isdir(src) else os.path.dirname(os.path.abspath(src))
 
 
-def _ms_config(src: str, config: str | None) -> TelechatConfig:
+def _ms_config(src: str, config: str | None, family: str | None = None) -> TelechatConfig:
     if config is not None:
-        return load_config(config)
-    if os.path.isdir(src) and os.path.isfile(os.path.join(src, MODEL_CONFIG)):
-        return load_config(os.path.join(src, MODEL_CONFIG))
-    raise ConvertError(f"{src}: no {MODEL_CONFIG} beside the weights: pass --config (our {MODEL_CONFIG} or the "
-                       "model's HF config.json)")
+        loaded = load_config(config, family)
+    elif os.path.isdir(src) and os.path.isfile(os.path.join(src, MODEL_CONFIG)):
+        loaded = load_config(os.path.join(src, MODEL_CONFIG))
+    else:
+        raise ConvertError(f"{src}: no {MODEL_CONFIG} beside the weights: pass --config (our {MODEL_CONFIG} or "
+                           "the model's HF config.json)")
+    if family is not None and loaded.family != family:
+        raise ConvertError(f"--family {family!r} contradicts the config, which is family {loaded.family!r}")
+    return loaded
 
 
-def _read_meta(src: str) -> dict:
-    path = os.path.join(src, META)
-    if not os.path.isfile(path):
+def _read_meta(directory: str | None) -> dict:
+    path = os.path.join(directory, META) if directory else ""
+    if not path or not os.path.isfile(path):
         return {}
     try:
         with open(path, encoding="utf-8") as fh:
@@ -150,24 +205,69 @@ def _read_meta(src: str) -> dict:
         raise ConvertError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
 
 
-def convert_ms_to_hf(src: str, dst: str, *, config: str | None = None, dtype: str | None = None,
-                     max_shard_size="4GB", overwrite: bool = False, router_key: str | None = None,
-                     progress: bool = False, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> ConvertReport:
-    """Our directory, a training checkpoint or a merged distributed checkpoint -> an HF TeleChat2 directory."""
+def _meta_for(config, directories) -> tuple[dict, str | None]:
+    """convert_meta.json of the first directory that has one, if it belongs to this config's family (old
+    directories without a family are TeleChat2's)."""
+    for directory in directories:
+        meta = _read_meta(directory)
+        if meta:
+            return (meta, directory) if meta.get("family", "telechat2") == config.family else ({}, None)
+    return {}, None
+
+
+def _spelling(meta: dict, router_key: str | None) -> dict:
+    spelling = dict(meta.get("hf_spelling") or {})
+    if meta.get("router_key") and "router_key" not in spelling:      # directories written before families
+        spelling["router_key"] = meta["router_key"]
+    if router_key:
+        spelling["router_key"] = router_key
+    return spelling
+
+
+def _original_config(config_arg, meta: dict, meta_dir, model_config) -> tuple[str | None, str | None, str]:
+    """(the source config.json to write back, its weights' dtype, a note on the choice)."""
+    if config_arg and config_arg.endswith(".json"):
+        return config_arg, None, f"config.json: {config_arg} (as given)"
+    kept = os.path.join(meta_dir, meta.get("hf_config") or "") if meta_dir and meta.get("hf_config") else ""
+    if not kept or not os.path.isfile(kept):
+        return None, None, "config.json: written from the model config (no source config.json kept)"
+    if meta.get("hf_config_describes") != hf_extras.describes(model_config):
+        return None, None, (f"config.json: written from the model config ({kept} describes the model before its "
+                            "config was changed)")
+    return kept, meta.get("source_dtype"), f"config.json: the source's, kept in {kept}"
+
+
+def convert_ms_to_hf(src: str, dst: str, *, config: str | None = None, family: str | None = None,
+                     dtype: str | None = None, max_shard_size="4GB", overwrite: bool = False,
+                     router_key: str | None = None, progress: bool = False,
+                     chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> ConvertReport:
+    """Our directory, a training checkpoint or a merged distributed checkpoint -> an HF directory in the
+    family's own layout, key spelling, buffers and (when kept and still accurate) original config.json."""
     max_bytes = _options(dtype, "safetensors", max_shard_size)
     if router_key not in (None, "router", "gate"):
         raise ConvertError(f"router_key must be 'router' or 'gate', got {router_key!r}")
     check_destination(dst, overwrite, [src])
-    model_config = _ms_config(src, config)
-    router = router_key or _read_meta(_src_dir(src)).get("router_key") or "router"
+    model_config = _ms_config(src, config, family)
+    config_dir = os.path.dirname(os.path.abspath(config)) if config else None
+    meta, meta_dir = _meta_for(model_config, [_src_dir(src), config_dir])
+    names = _table(model_config, _spelling(meta, router_key))
+    original, source_dtype, note = _original_config(config, meta, meta_dir, model_config)
     start = time.perf_counter()
-    with open_ms(src) as source:
-        view, dropped = ms_view(source, model_config)
-        items = hf_outputs(view, model_config, router)
+    with open_ms(src) as ms_source:
+        view, dropped = ms_view(ms_source, model_config, names)
+        constants, buffer_keys = hf_extras.buffer_constants(meta.get("hf_buffers") or [], names)
+        source = WithConstants(ms_source, constants)
+        weights = hf_outputs(view, model_config, names)
+        items = weights + [(key, Virtual.whole(constants.infos[k])) for key, k in buffer_keys.items()]
         with staged_output(dst, overwrite) as out, _bar(items, dtype, progress, "ms2hf") as bar:
             written = write_safetensors(out, items, source, dtype, max_bytes, {"format": "pt"}, chunk_bytes, bar)
-            write_json(os.path.join(out, HF_CONFIG), _with_param_dtype(model_config, items, dtype).to_hf_config())
-            side = [_src_dir(src), os.path.dirname(os.path.abspath(config)) if config else None]
+            stored = _with_param_dtype(model_config, weights, dtype)
+            if original:
+                out_dtype = stored.param_dtype if len(set(output_dtypes(weights, dtype))) == 1 else None
+                hf_extras.write_original_config(original, os.path.join(out, HF_CONFIG), out_dtype, source_dtype)
+            else:
+                write_json(os.path.join(out, HF_CONFIG), stored.to_hf_config())
+            side = [_src_dir(src), config_dir]
             copied = copy_side_files(side, out)
     return ConvertReport(dst, len(items), written.total_size, written.files + [HF_CONFIG] + copied,
-                         time.perf_counter() - start, dropped, copied)
+                         time.perf_counter() - start, dropped, copied, [note])

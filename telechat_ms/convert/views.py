@@ -1,23 +1,23 @@
 """Validated, lazy views of a source as our MindSpore tensors, and of those as HF tensors.
 
-A `Virtual` tensor is a shape plus an ordered list of element ranges of source tensors whose concatenation
-(C order) is the tensor. Every layout change the converters need is expressible this way without reading
-data: expert stacking (concat), unstacking (row slice), the official port's (1, E, 1, H) expert bias
-(reshape), and de-fusing its w_qkv / w_gate_hidden (row slices, re-interleaved per kv head).
+A `Virtual` tensor (io/virtual.py) is a shape plus ordered parts of source tensors: element ranges, or
+transposed column blocks. The family's name table (families/hf_layout.py) says which HF tensors make which of
+ours and through which named layout helper; this module applies it in either direction without reading data.
+MindSpore sources may also be the official port's variants: its (1, E, 1, H) expert bias (reshape), and its
+fused w_qkv / w_gate_hidden (row slices, re-interleaved per kv head).
 Validation collects every problem (missing, unexpected, wrong shape, non-float dtype) before one ConvertError.
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 
 from ..io.dtypes import FLOAT_DTYPES
 from ..io.errors import ConvertError, summarize
-from .names import ROUTER_HF_KEYS, name_table
+from ..families.hf_layout import Table
 from ..io.sources import Source
 from ..io.tensorfile import TensorInfo
-from ..io.virtual import Segment, Virtual
+from ..io.virtual import Virtual
 
 
 @dataclass
@@ -56,40 +56,39 @@ class Problems:
         raise ConvertError("\n".join(lines))
 
 
-def _router_suffix(key: str) -> str | None:
-    for template in ROUTER_HF_KEYS:
-        if key.endswith(template.rsplit("{i}", 1)[1]):
-            return template.rsplit(".", 2)[-2]            # "router" or "gate"
-    return None
+def hf_view(source: Source, config, table: Table, strict: bool = True) -> tuple[dict[str, Virtual], dict]:
+    """Our MS tensors from an HF source laid out as `table` says, and the source's buffers {key: info}.
 
-
-def hf_view(source: Source, config) -> tuple[dict[str, Virtual], str | None]:
-    """Our MS tensors from an HF source; also which router key spelling it used ('router'/'gate'/None)."""
-    problems, used, view, router = Problems(source.description), set(), {}, None
-    for entry in name_table(config):
+    strict=False (in-memory conversions) ignores tensors the table does not name."""
+    problems, used, view = Problems(source.description), set(), {}
+    for entry in table.entries:
         parts = []
-        for key in entry.hf_keys:
-            key = _present_router_key(key, source.infos)
+        for key, shape in zip(entry.hf_keys, entry.hf_shapes):
             info = source.infos.get(key)
             if info is None:
                 problems.missing.append(key)
                 continue
             used.add(key)
-            router = _router_suffix(key) or router
-            if problems.check(info, entry.hf_shape):
-                parts.append(Virtual.whole(info))
+            if problems.check(info, shape):
+                parts.append(Virtual.whole(info, shape))
         if len(parts) == len(entry.hf_keys):
-            view[entry.ms_key] = Virtual.concat(parts, entry.shape)       # (E, ...) when stacked
-    problems.unexpected = [k for k in source.infos if k not in used]
+            view.update(_apply(entry, entry.layout.to_ms(parts, entry, config), entry.ms_keys, entry.ms_shapes))
+    buffer_keys = table.buffer_keys()
+    buffers = {k: info for k, info in source.infos.items() if k in buffer_keys}
+    used.update(buffers)
+    if strict:
+        problems.unexpected = [k for k in source.infos if k not in used]
     problems.raise_if_any(config)
-    return view, router
+    return view, buffers
 
 
-def _present_router_key(key: str, infos) -> str:
-    if not key.endswith(".mlp.router.weight") or key in infos:
-        return key
-    alias = key[: -len("router.weight")] + "gate.weight"
-    return alias if alias in infos else key
+def _apply(entry, tensors: list[Virtual], keys, shapes) -> dict[str, Virtual]:
+    """{key: tensor} of a layout's output, checked against the shapes the table promises."""
+    got = [t.shape for t in tensors]
+    if got != list(shapes):
+        raise ConvertError(f"internal error: layout {entry.layout.name} of {entry.hf_keys} made shapes {got}, "
+                           f"the table says {list(shapes)}")
+    return dict(zip(keys, tensors))
 
 
 # Entries of training checkpoints that are not model weights (optimizer state, counters, loss scale).
@@ -119,31 +118,33 @@ def _model_names(source: Source, expected) -> tuple[dict[str, TensorInfo], list[
     return named, dropped
 
 
-def ms_view(source: Source, config) -> tuple[dict[str, Virtual], list[str]]:
-    """Our MS tensors from a MindSpore source (ours, a training run's or the official port's); dropped keys."""
-    table = name_table(config)
-    expected = {e.ms_key: e for e in table}
+def ms_view(source: Source, config, table: Table, strict: bool = True) -> tuple[dict[str, Virtual], list[str]]:
+    """Our MS tensors from a MindSpore source (ours, a training run's or the official port's); dropped keys.
+
+    strict=False (in-memory conversions) ignores tensors the table does not name."""
+    expected = {k: s for e in table.entries for k, s in zip(e.ms_keys, e.ms_shapes)}
     named, dropped = _model_names(source, expected)
     problems, used, view = Problems(source.description), set(), {}
-    for entry in table:
-        found = _ms_tensor(entry, named, config, problems, used)
+    for key, shape in expected.items():
+        found = _ms_tensor(key, shape, named, config, problems, used)
         if found is not None:
-            view[entry.ms_key] = found
-    problems.unexpected = [named[k].key for k in named if k not in used]
+            view[key] = found
+    if strict:
+        problems.unexpected = [named[k].key for k in named if k not in used]
     problems.raise_if_any(config)
     return view, dropped
 
 
-def _ms_tensor(entry, named, config, problems: Problems, used: set) -> Virtual | None:
-    info = named.get(entry.ms_key)
+def _ms_tensor(key: str, shape, named, config, problems: Problems, used: set) -> Virtual | None:
+    info = named.get(key)
     if info is not None:
-        used.add(entry.ms_key)
+        used.add(key)
         # official port: stacked expert bias is (1, E, 1, H); same bytes as our (E, H)
-        accepted = ((1, entry.shape[0], 1, entry.shape[1]),) if entry.ms_key.endswith("ffn.w2.bias") else ()
-        return Virtual.whole(info, entry.shape) if problems.check(info, entry.shape, accepted) else None
-    fused = _defused(entry.ms_key, named, config, problems, used)
+        accepted = ((1, shape[0], 1, shape[1]),) if key.endswith("ffn.w2.bias") else ()
+        return Virtual.whole(info, shape) if problems.check(info, shape, accepted) else None
+    fused = _defused(key, named, config, problems, used)
     if fused is False:
-        problems.missing.append(entry.ms_key)
+        problems.missing.append(key)
         return None
     return fused
 
@@ -182,20 +183,15 @@ def _defused(ms_key: str, named, config, problems: Problems, used: set):
     return fused.rows(0, ffn) if leaf == "feed_forward.w1.weight" else fused.rows(ffn, 2 * ffn)
 
 
-def hf_outputs(view: dict[str, Virtual], config, router: str = "router") -> list[tuple[str, Virtual]]:
-    """(HF key, tensor) in model order; experts unstacked; the router under `mlp.<router>.weight`."""
+def hf_outputs(view: dict[str, Virtual], config, table: Table,
+               buffers: dict[str, Virtual] | None = None) -> list[tuple[str, Virtual]]:
+    """(HF key, tensor) in model order, laid out as `table` says; then the buffers to re-create."""
     out = []
-    for entry in name_table(config):
-        tensor = view[entry.ms_key]
-        if entry.stack:
-            out += [(key, tensor.rows(e, e + 1, entry.hf_shape)) for e, key in enumerate(entry.hf_keys)]
-        else:
-            key = entry.hf_keys[0]
-            if router != "router" and key.endswith(".mlp.router.weight"):
-                key = key[: -len("router.weight")] + f"{router}.weight"
-            out.append((key, tensor))
-    return out
+    for entry in table.entries:
+        tensors = entry.layout.to_hf([view[k] for k in entry.ms_keys], entry, config)
+        out += list(_apply(entry, tensors, entry.hf_keys, entry.hf_shapes).items())
+    return out + list((buffers or {}).items())
 
 
-def ms_outputs(view: dict[str, Virtual], config) -> list[tuple[str, Virtual]]:
-    return [(entry.ms_key, view[entry.ms_key]) for entry in name_table(config)]
+def ms_outputs(view: dict[str, Virtual], table: Table) -> list[tuple[str, Virtual]]:
+    return [(key, view[key]) for entry in table.entries for key in entry.ms_keys]

@@ -52,4 +52,5 @@ FAMILY = register(Family(
     name="aquila2", description="Aquila2 / AquilaChat2 7B, 34B (GQA), 70B-Expr (GQA), 16K (linear RoPE x4)",
     presets=PRESETS, tokenizer_kind="hf", default_template="aquila-chat", stop_strings=("###", "[UNK]", "</s>"),
     hf_aliases=llama_common.ALIASES, detect=detect, config_from_hf=config_from_hf, config_to_hf=config_to_hf,
+    hf_layout=llama_common.HF_LAYOUT,
 ))

@@ -32,4 +32,5 @@ FAMILY = register(Family(
     name="firefly", description="Firefly-LLaMA2-7B(-Chat) (Llama-2 layout, extended Chinese vocab)",
     presets=PRESETS, tokenizer_kind="sentencepiece", default_template="firefly",
     hf_aliases=llama_common.ALIASES, detect=detect, config_from_hf=config_from_hf, config_to_hf=config_to_hf,
+    hf_layout=llama_common.HF_LAYOUT,
 ))

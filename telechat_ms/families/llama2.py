@@ -41,4 +41,5 @@ FAMILY = register(Family(
     name="llama2", description="Llama-2 7B/13B/70B and Llama-2 derivatives (HF LlamaForCausalLM layout)",
     presets=PRESETS, tokenizer_kind="sentencepiece", default_template="llama2",
     hf_aliases=llama_common.ALIASES, detect=detect, config_from_hf=config_from_hf, config_to_hf=config_to_hf,
+    hf_layout=llama_common.HF_LAYOUT,
 ))

@@ -1,4 +1,5 @@
-"""The Llama-named HF layout shared by Tele-FLM / FLM-2, Aquila2, Llama-2 and Firefly: config.json mapping.
+"""The Llama-named HF layout shared by Tele-FLM / FLM-2, Aquila2, Llama-2 and Firefly: config.json mapping and
+checkpoint name table.
 
 Every one of these configs uses transformers' LlamaConfig names. Our internal layout stays TeleChat's (fused
 per-head key_value); the converters map split q/k/v into it. Math-changing keys we do not implement are refused.
@@ -7,8 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
+from ..config.base import ConfigError
 from .hf_config import (HFMapping, build_config, first_id, no_quantization, refuse_if_true, require_value,
                         rope_scaling)
+from .hf_layout import KV_SPLIT, HFLayout, Table, entry, same
 
 ALIASES = {
     "num_hidden_layers": "num_layers", "num_attention_heads": "num_heads", "num_key_value_heads": "num_kv_heads",
@@ -79,3 +82,43 @@ def config_to_hf(config, model_type: str, architectures: list[str], extra: dict 
 def is_llama_named(data) -> bool:
     return data.get("model_type") in ("llama", "aquila", "TeleFLM", "teleflm") or \
         any("Llama" in a or "Aquila" in a or "FLM" in a for a in (data.get("architectures") or []))
+
+
+# ---- HF checkpoint layout: transformers' LlamaForCausalLM names (spec families.md §3-§5) ----------------
+# Split q/k/v/o projections: k_proj / v_proj are re-interleaved per kv head into our fused wk_v (GQA: n_kv
+# heads of head_dim rows each). torch Linear (out, in) == ours. Checkpoints saved by transformers < 4.31
+# carry a persistent `rotary_emb.inv_freq` buffer per layer: dropped, recorded and written back.
+BUFFERS = ("model.layers.{i}.self_attn.rotary_emb.inv_freq",)
+
+
+def name_table(config, spell=None) -> Table:
+    """Every tensor of a Llama-named checkpoint with this config, in model order."""
+    if config.is_moe:
+        raise ConfigError(f"family {config.family!r}: MoE (num_experts={config.num_experts}) has no Llama-named "
+                          "checkpoint layout")
+    h, f, v = config.hidden_size, config.ffn_hidden_size, config.vocab_size
+    q, kv = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+    table = [same("model.tok_embeddings.embedding_weight", "model.embed_tokens.weight", (v, h))]
+    for i in range(config.num_layers):
+        hf, ms = f"model.layers.{i}.", f"model.layers.{i}."
+        table += [same(ms + "attention_norm.weight", hf + "input_layernorm.weight", (h,)),
+                  same(ms + "attention.wq.weight", hf + "self_attn.q_proj.weight", (q, h)),
+                  entry([(ms + "attention.wk_v.weight", (2 * kv, h))],
+                        [(hf + "self_attn.k_proj.weight", (kv, h)), (hf + "self_attn.v_proj.weight", (kv, h))],
+                        KV_SPLIT),
+                  same(ms + "attention.wo.weight", hf + "self_attn.o_proj.weight", (h, q))]
+        if config.attention_out_bias:
+            table.append(same(ms + "attention.wo.bias", hf + "self_attn.o_proj.bias", (h,)))
+        table += [same(ms + "ffn_norm.weight", hf + "post_attention_layernorm.weight", (h,)),
+                  same(ms + "feed_forward.w1.weight", hf + "mlp.gate_proj.weight", (f, h)),
+                  same(ms + "feed_forward.w3.weight", hf + "mlp.up_proj.weight", (f, h)),
+                  same(ms + "feed_forward.w2.weight", hf + "mlp.down_proj.weight", (h, f))]
+        if config.mlp_out_bias:
+            table.append(same(ms + "feed_forward.w2.bias", hf + "mlp.down_proj.bias", (h,)))
+    table.append(same("model.norm_out.weight", "model.norm.weight", (h,)))
+    if not config.tie_word_embeddings:
+        table.append(same("lm_head.weight", "lm_head.weight", (v, h)))
+    return Table(table, BUFFERS, config.num_layers)
+
+
+HF_LAYOUT = HFLayout(name_table)

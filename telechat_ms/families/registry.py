@@ -25,6 +25,7 @@ class Family:
     detect: Callable[[Mapping[str, Any], frozenset], bool] | None = None   # (config.json, tensor keys) -> match
     config_from_hf: Callable[[Mapping[str, Any], str], Any] | None = None  # (config.json dict, source) -> config
     config_to_hf: Callable[[Any], dict] | None = None                      # config -> config.json dict
+    hf_layout: Any = None          # hf_layout.HFLayout: the HF checkpoint name table and its layout helpers
     extra: Mapping[str, Any] = field(default_factory=dict)        # family-module specifics (converters, ...)
 
 

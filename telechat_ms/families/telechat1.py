@@ -73,4 +73,5 @@ FAMILY = register(Family(
     name="telechat1", description="TeleChat v1 7B (tied, BBPE tokenizer) / 12B / 12B-V2 (SentencePiece)",
     presets=PRESETS, tokenizer_kind="auto", default_template="telechat1",
     hf_aliases=telechat2.ALIASES, detect=detect, config_from_hf=config_from_hf, config_to_hf=config_to_hf,
+    hf_layout=telechat2.HF_LAYOUT,     # the same names; the 7B index spells them without `transformer.`
 ))

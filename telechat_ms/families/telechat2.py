@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ..config.base import ConfigError
 from .hf_config import HFMapping, build_config, no_quantization, refuse_if_true
+from .hf_layout import STACK, HFLayout, Table, entry, same
 from .registry import Family, register
 
 ALIASES = {
@@ -94,6 +95,68 @@ def config_to_hf(config) -> dict:
     return out
 
 
+# ---- HF checkpoint layout (spec telechat2.md §3, §4.3; TeleChat v1 shares it, families.md §1) -----------
+# `transformer.*` names; key_value already in our per-head interleaved row layout; torch Linear (out, in) ==
+# ours, so every dense tensor is a plain rename. MoE experts are stacked on a leading axis.
+PREFIX = "transformer."
+ROUTER_KEYS = ("router", "gate")     # public sources disagree on the router key (spec §4.3); first = canonical
+
+
+def spelling(keys) -> dict:
+    """The source's `transformer.` prefix (absent in the TeleChat v1 7B index) and MoE router key."""
+    bare = not any(k.startswith(PREFIX) for k in keys) and \
+        any(k.startswith(("h.", "word_embeddings.", "ln_f.")) for k in keys)
+    gate = any(k.endswith(".mlp.gate.weight") for k in keys)
+    return {"prefix": "" if bare else PREFIX, "router_key": "gate" if gate else "router"}
+
+
+def _mlp(config, hf: str, ms: str) -> list:
+    h, f = config.hidden_size, config.ffn_hidden_size
+    parts = [("gate_proj.weight", "w1.weight", (f, h)), ("up_proj.weight", "w3.weight", (f, h)),
+             ("down_proj.weight", "w2.weight", (h, f))]
+    if config.mlp_out_bias:
+        parts.append(("down_proj.bias", "w2.bias", (h,)))
+    if not config.is_moe:
+        return [same(ms + "feed_forward." + m, hf + "mlp." + name, shape) for name, m, shape in parts]
+    n = config.num_experts
+    return [entry([(ms + "feed_forward.ffn." + m, (n,) + shape)],
+                  [(hf + f"mlp.local_experts.{e}.{name}", shape) for e in range(n)], STACK)
+            for name, m, shape in parts]
+
+
+def name_table(config, spell=None) -> Table:
+    """Every tensor of a model with this config, in model order (HF key spelling `spell`, see spelling())."""
+    spell = spell or {}
+    p, router = spell.get("prefix", PREFIX), spell.get("router_key", "router")
+    if router not in ROUTER_KEYS or p not in (PREFIX, ""):
+        raise ConfigError(f"unknown TeleChat checkpoint spelling {dict(spell)!r}")
+    h, v = config.hidden_size, config.vocab_size
+    q, kv = config.num_heads * config.head_dim, 2 * config.num_kv_heads * config.head_dim
+    table = [same("model.tok_embeddings.embedding_weight", p + "word_embeddings.weight", (v, h))]
+    if config.embed_layernorm:
+        table.append(same("model.tok_embeddings_norm.weight", p + "word_embeddings_layernorm.weight", (h,)))
+    for i in range(config.num_layers):
+        hf, ms = f"{p}h.{i}.", f"model.layers.{i}."
+        table += [same(ms + "attention_norm.weight", hf + "input_layernorm.weight", (h,)),
+                  same(ms + "attention.wq.weight", hf + "self_attention.query.weight", (q, h)),
+                  same(ms + "attention.wk_v.weight", hf + "self_attention.key_value.weight", (kv, h)),
+                  same(ms + "attention.wo.weight", hf + "self_attention.dense.weight", (h, q))]
+        if config.attention_out_bias:
+            table.append(same(ms + "attention.wo.bias", hf + "self_attention.dense.bias", (h,)))
+        table.append(same(ms + "ffn_norm.weight", hf + "post_attention_layernorm.weight", (h,)))
+        if config.is_moe:
+            table.append(same(ms + "feed_forward.router.dense.weight", hf + f"mlp.{router}.weight",
+                              (config.num_experts, h)))
+        table += _mlp(config, hf, ms)
+    table.append(same("model.norm_out.weight", p + "ln_f.weight", (h,)))
+    if not config.tie_word_embeddings:
+        table.append(same("lm_head.weight", "lm_head.weight", (v, h)))
+    return Table(table, num_layers=config.num_layers)
+
+
+HF_LAYOUT = HFLayout(name_table, spelling)
+
+
 def detect(data, keys) -> bool:
     """TeleChat2ForCausalLM, or model_type telechat with TeleChat2's GQA key or its 131072 vocab (v1 configs
     have neither; --family overrides)."""
@@ -106,4 +169,5 @@ FAMILY = register(Family(
     name="telechat2", description="TeleChat2 3B/7B/35B/115B dense (GQA) and 39B-A12B MoE",
     presets=PRESETS, tokenizer_kind="telechat2", default_template="telechat2",
     hf_aliases=ALIASES, detect=detect, config_from_hf=config_from_hf, config_to_hf=config_to_hf,
+    hf_layout=HF_LAYOUT,
 ))

@@ -7,7 +7,9 @@ what is reproduced here (and tested against a Llama reference with the same weig
 """
 from __future__ import annotations
 
+from ..config.base import ConfigError
 from .hf_config import HFMapping, build_config, first_id, no_quantization, refuse_if_true, require_value
+from .hf_layout import CONV1D_GATE_UP, CONV1D_QKV, TRANSPOSE, HFLayout, Table, entry, same
 from .registry import Family, register
 
 ALIASES = {"n_embd": "hidden_size", "n_layer": "num_layers", "n_head": "num_heads", "n_inner": "ffn_hidden_size",
@@ -88,6 +90,44 @@ def config_to_hf(config) -> dict:
     }
 
 
+# ---- HF checkpoint layout (spec families.md §2): GPT-2 names, Conv1D weights stored [in, out] --------------
+# c_attn [H, q | k | v] contiguous column blocks (split, then a per-head view: not interleaved) -> our wq and
+# per-head interleaved wk_v; c_fc [H, gate | up] -> w1 / w3; c_proj weights transposed. The embedding and
+# lm_head are plain (V, H) tensors. `attn.masked_bias` (the released index) and `attn.bias` (GPT-2's causal
+# mask) are buffers, not weights.
+BUFFERS = ("transformer.h.{i}.attn.masked_bias", "transformer.h.{i}.attn.bias")
+
+
+def name_table(config, spell=None) -> Table:
+    """Every tensor of a TeleChat-52B checkpoint with this config, in model order."""
+    if config.is_moe:
+        raise ConfigError("family 'telechat52b': MoE has no GPT-2 Conv1D checkpoint layout")
+    h, f, v = config.hidden_size, config.ffn_hidden_size, config.vocab_size
+    q, kv = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+    table = [same("model.tok_embeddings.embedding_weight", "transformer.wte.weight", (v, h))]
+    for i in range(config.num_layers):
+        hf, ms = f"transformer.h.{i}.", f"model.layers.{i}."
+        table += [same(ms + "attention_norm.weight", hf + "ln_1.weight", (h,)),
+                  entry([(ms + "attention.wq.weight", (q, h)), (ms + "attention.wk_v.weight", (2 * kv, h))],
+                        [(hf + "attn.c_attn.weight", (h, q + 2 * kv))], CONV1D_QKV),
+                  entry([(ms + "attention.wo.weight", (h, q))], [(hf + "attn.c_proj.weight", (q, h))], TRANSPOSE)]
+        if config.attention_out_bias:
+            table.append(same(ms + "attention.wo.bias", hf + "attn.c_proj.bias", (h,)))
+        table += [same(ms + "ffn_norm.weight", hf + "ln_2.weight", (h,)),
+                  entry([(ms + "feed_forward.w1.weight", (f, h)), (ms + "feed_forward.w3.weight", (f, h))],
+                        [(hf + "mlp.c_fc.weight", (h, 2 * f))], CONV1D_GATE_UP),
+                  entry([(ms + "feed_forward.w2.weight", (h, f))], [(hf + "mlp.c_proj.weight", (f, h))], TRANSPOSE)]
+        if config.mlp_out_bias:
+            table.append(same(ms + "feed_forward.w2.bias", hf + "mlp.c_proj.bias", (h,)))
+    table.append(same("model.norm_out.weight", "transformer.ln_f.weight", (h,)))
+    if not config.tie_word_embeddings:
+        table.append(same("lm_head.weight", "lm_head.weight", (v, h)))
+    return Table(table, BUFFERS, config.num_layers)
+
+
+HF_LAYOUT = HFLayout(name_table)
+
+
 def detect(data, keys) -> bool:
     """GPT-2 names with muP / rotary keys, or Conv1D tensor names (c_attn)."""
     return ("n_embd" in data and ("use_mup" in data or "relative_encoding" in data)) or \
@@ -98,4 +138,5 @@ FAMILY = register(Family(
     name="telechat52b", description="TeleChat-52B (FLM-2 architecture, GPT-2 Conv1D layout)",
     presets=PRESETS, tokenizer_kind="sentencepiece", default_template="telechat52b",
     hf_aliases=ALIASES, detect=detect, config_from_hf=config_from_hf, config_to_hf=config_to_hf,
+    hf_layout=HF_LAYOUT,
 ))

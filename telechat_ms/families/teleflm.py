@@ -65,4 +65,5 @@ FAMILY = register(Family(
     name="teleflm", description="Tele-FLM 52B, FLM-2-52B-Instruct, Tele-FLM-1T (Llama layout, muP multipliers)",
     presets=PRESETS, tokenizer_kind="sentencepiece", default_template="telechat52b",
     hf_aliases=llama_common.ALIASES, detect=detect, config_from_hf=config_from_hf, config_to_hf=config_to_hf,
+    hf_layout=llama_common.HF_LAYOUT,
 ))

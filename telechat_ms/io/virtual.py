@@ -1,14 +1,23 @@
-"""A lazy tensor: a shape plus ordered element ranges of source tensors whose concatenation (C order) is it.
+"""A lazy tensor: a shape plus ordered parts whose concatenation (C order) is the tensor.
 
-Every layout change the converters need for plain (row-major, untransposed) layouts is expressible this way
-without reading data: expert stacking (concat), unstacking (row slice), reshapes, and de-fusing fused
-projections (row slices). Writers stream a Virtual chunk by chunk from its Source.
+A part is either
+  * a `Segment`: an element range of a flattened source tensor (expert stacking = concat, unstacking = row
+    slice, reshapes, de-fusing fused projections and per-head re-interleaving = row slices), or
+  * a `Transposed` block: rows [start, stop) of the transpose of a 2-D inner Virtual, i.e. columns
+    [start, stop) of the inner tensor, each becoming one row. GPT-2 Conv1D weights ([in, out]) need it: an
+    element range cannot express a transpose.
+Writers stream Segments chunk by chunk; a Transposed block is read once per output tensor (only the columns
+that tensor needs, row chunk by row chunk) and then written transposed, so its peak memory is one tensor.
+`materialize` builds a Virtual in memory (small models, tests).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
+from .dtypes import BY_NAME, cast
 from .tensorfile import TensorInfo
 
 
@@ -19,15 +28,39 @@ class Segment:
     start: int          # element range of the flattened source tensor
     stop: int
 
+    @property
+    def numel(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True, eq=False)
+class Transposed:
+    """Columns [start, stop) of the 2-D `inner` (R, C), as (stop - start) rows of length R."""
+    inner: "Virtual"
+    start: int
+    stop: int
+
+    @property
+    def dtype(self) -> str:
+        return self.inner.dtype
+
+    @property
+    def row(self) -> int:
+        return self.inner.shape[0]
+
+    @property
+    def numel(self) -> int:
+        return (self.stop - self.start) * self.row
+
 
 @dataclass(frozen=True)
 class Virtual:
     shape: tuple[int, ...]
-    segments: tuple[Segment, ...]
+    segments: tuple[Segment | Transposed, ...]     # the parts, in C order
 
     @classmethod
     def whole(cls, info: TensorInfo, shape=None) -> "Virtual":
-        return cls(tuple(shape or info.shape), (Segment(info.key, info.dtype, 0, info.numel),))
+        return cls(tuple(info.shape if shape is None else shape), (Segment(info.key, info.dtype, 0, info.numel),))
 
     @classmethod
     def concat(cls, parts: list["Virtual"], shape) -> "Virtual":
@@ -37,15 +70,86 @@ class Virtual:
     def numel(self) -> int:
         return math.prod(self.shape)
 
+    @property
+    def dtype(self) -> str:
+        return self.segments[0].dtype
+
+    def reshaped(self, shape) -> "Virtual":
+        if math.prod(shape) != self.numel:
+            raise ValueError(f"internal error: cannot view {list(self.shape)} as {list(shape)}")
+        return Virtual(tuple(shape), self.segments)
+
+    @property
+    def T(self) -> "Virtual":   # pylint: disable=invalid-name
+        """The transpose of a 2-D tensor: (R, C) -> (C, R)."""
+        rows, cols = self.shape
+        only = self.segments[0] if len(self.segments) == 1 else None
+        if isinstance(only, Transposed) and only.start == 0 and only.stop == only.inner.shape[1]:
+            return only.inner                                           # (x.T).T == x
+        return Virtual((cols, rows), (Transposed(self, 0, cols),))
+
     def rows(self, start: int, stop: int, shape=None) -> "Virtual":
         """Rows [start, stop) of axis 0, as `shape` (default: the sliced shape)."""
         row = math.prod(self.shape[1:])
         lo, hi = start * row, stop * row                   # element range inside this tensor
         picked, pos = [], 0
         for seg in self.segments:
-            size = seg.stop - seg.start
-            a, b = max(lo, pos), min(hi, pos + size)
+            a, b = max(lo, pos), min(hi, pos + seg.numel)
             if a < b:
-                picked.append(Segment(seg.key, seg.dtype, seg.start + a - pos, seg.start + b - pos))
-            pos += size
+                picked.append(_slice(seg, a - pos, b - pos))
+            pos += seg.numel
         return Virtual(tuple(shape or (stop - start,) + self.shape[1:]), tuple(picked))
+
+
+def _slice(part, a: int, b: int):
+    """Elements [a, b) of one part (for a Transposed block: whole rows of it)."""
+    if isinstance(part, Segment):
+        return Segment(part.key, part.dtype, part.start + a, part.start + b)
+    if a % part.row or b % part.row:
+        raise ValueError(f"internal error: slice [{a}, {b}) cuts rows of length {part.row} of a transposed block")
+    return Transposed(part.inner, part.start + a // part.row, part.start + b // part.row)
+
+
+def read_elements(tensor: Virtual, source, start: int, stop: int, dtype: str | None = None) -> np.ndarray:
+    """Elements [start, stop) of the flattened tensor, cast to `dtype` storage (None: as stored)."""
+    pieces, pos = [], 0
+    for part in tensor.segments:
+        a, b = max(start, pos), min(stop, pos + part.numel)
+        if a < b:
+            if isinstance(part, Segment):
+                piece = source.read(part.key, part.start + a - pos, part.start + b - pos)
+                pieces.append(piece if dtype is None else cast(piece, part.dtype, dtype))
+            else:                      # whole rows of the block around [a, b), then trimmed
+                first, last = (a - pos) // part.row, -(-(b - pos) // part.row)
+                block = column_block(part.inner, part.start + first, part.start + last, source, dtype)
+                flat = np.ascontiguousarray(block.T).reshape(-1)           # (R, n) -> (n, R) -> flat
+                pieces.append(flat[a - pos - first * part.row: b - pos - first * part.row])
+        pos += part.numel
+    return np.concatenate(pieces) if len(pieces) != 1 else pieces[0]
+
+
+def column_block(inner: Virtual, start: int, stop: int, source, dtype: str | None,
+                 chunk_bytes: int = 32 * 2**20) -> np.ndarray:
+    """Columns [start, stop) of the 2-D `inner` (R, C) as an (R, stop-start) array, read in row chunks of
+    about `chunk_bytes` (whole rows are read: safetensors stores rows contiguously)."""
+    rows, cols = inner.shape
+    step = max(1, chunk_bytes // max(1, cols * _itemsize(inner.dtype)))
+    out = None
+    for r in range(0, rows, step):
+        r_end = min(rows, r + step)
+        flat = read_elements(inner, source, r * cols, r_end * cols, dtype)
+        if out is None:
+            out = np.empty((rows, stop - start), dtype=flat.dtype)
+        out[r:r_end] = flat.reshape(r_end - r, cols)[:, start:stop]           # (rows chunk, C) -> columns
+    return out
+
+
+def _itemsize(dtype: str) -> int:
+    return BY_NAME[dtype].itemsize if dtype in BY_NAME else 8
+
+
+def materialize(tensor: Virtual, source, dtype: str | None = None) -> np.ndarray:
+    """The whole tensor in memory, shaped (small models and tests)."""
+    if tensor.numel == 0:
+        return np.empty(tensor.shape, dtype=BY_NAME[dtype or tensor.dtype].storage)
+    return read_elements(tensor, source, 0, tensor.numel, dtype).reshape(tensor.shape)

@@ -1,4 +1,5 @@
-"""Streaming writers: tensors go to disk chunk by chunk, so peak memory is one chunk, not one shard.
+"""Streaming writers: tensors go to disk chunk by chunk, so peak memory is one chunk, not one shard (a
+transposed tensor -- GPT-2 Conv1D layouts -- holds the columns it is made of: at most one tensor).
 
 Sharding follows transformers: tensors in model order, a new shard when the next tensor would push the current
 one past `max_shard_bytes` (a tensor bigger than the limit gets a shard of its own); files are named
@@ -17,7 +18,7 @@ from . import ckpt_io, safetensors_io
 from .dtypes import BY_NAME, OUTPUT_DTYPES, cast
 from .errors import ConvertError
 from .sources import SAFE_INDEX, Source
-from .virtual import Virtual
+from .virtual import Transposed, Virtual, column_block
 
 DEFAULT_CHUNK_BYTES = 32 * 2**20      # per read; working set ~1 chunk (same dtype) to ~2.5 chunks (bf16 cast)
 COPY_BYTES = 256 * 2**20              # per in-kernel copy (also the .ckpt slice size, MindSpore uses 512 MiB)
@@ -32,10 +33,14 @@ class Written:
 
 
 def output_dtypes(items: list[tuple[str, Virtual]], dtype: str | None) -> list[str]:
-    """`dtype` for every tensor, or each tensor's own source dtype (stacks of mixed dtypes take the first;
-    float64, which the model cannot use, becomes float32)."""
-    keep = [tensor.segments[0].dtype for _, tensor in items]
-    return [dtype or (d if d in OUTPUT_DTYPES else "float32") for d in keep]
+    """`dtype` for every float tensor, or each tensor's own source dtype (stacks of mixed dtypes take the
+    first; float64, which the model cannot use, becomes float32). Non-float tensors (an HF checkpoint's bool /
+    integer buffers) keep their dtype."""
+    out = []
+    for _, tensor in items:
+        own = tensor.dtype
+        out.append(own if not BY_NAME[own].is_float else dtype or (own if own in OUTPUT_DTYPES else "float32"))
+    return out
 
 
 def _plan_shards(sizes: list[int], max_bytes: int) -> list[list[int]]:
@@ -81,9 +86,14 @@ def _copy(fh, ranges) -> bool:
 
 
 def _write_tensor(fh, name: str, tensor: Virtual, source, dtype, chunk_bytes, bar, ckpt=False) -> int:
-    """Segment by segment: same dtype -> in-kernel copy, else bounded read + cast + write chunks."""
+    """Part by part: a Segment of the same dtype -> in-kernel copy, else bounded read + cast + write chunks;
+    consecutive Transposed blocks of one inner tensor -> its needed columns read once, written transposed."""
     itemsize, written = BY_NAME[dtype].itemsize, 0
-    for seg in tensor.segments:
+    for group in _groups(tensor.segments):
+        if isinstance(group, list):
+            written += _write_transposed(fh, name, tensor.shape, group, source, dtype, chunk_bytes, bar, ckpt)
+            continue
+        seg = group
         same = seg.dtype == dtype
         widest = max(BY_NAME[seg.dtype].itemsize, itemsize)
         chunk_elems = max(1, chunk_bytes // widest)
@@ -102,6 +112,44 @@ def _write_tensor(fh, name: str, tensor: Virtual, source, dtype, chunk_bytes, ba
             bar.update(nbytes)
     if written != tensor.numel * itemsize:   # a bug guard: the header already promised this many bytes
         raise ConvertError(f"internal error: wrote {written} bytes for '{name}', expected {tensor.numel * itemsize}")
+    return written
+
+
+def _groups(parts):
+    """Segments one by one; runs of Transposed blocks over the same inner tensor as one list."""
+    run = []
+    for part in parts:
+        if isinstance(part, Transposed) and (not run or part.inner is run[0].inner):
+            run.append(part)
+            continue
+        if run:
+            yield run
+            run = []
+        if isinstance(part, Transposed):
+            run = [part]
+        else:
+            yield part
+    if run:
+        yield run
+
+
+def _write_transposed(fh, name, shape, run: list[Transposed], source, dtype, chunk_bytes, bar, ckpt) -> int:
+    """The inner tensor's columns [lo, hi) that `run` needs, read once in row chunks (peak: that block, at
+    most one output tensor), then each block's rows written in chunks of about chunk_bytes."""
+    lo, hi = min(p.start for p in run), max(p.stop for p in run)
+    block = column_block(run[0].inner, lo, hi, source, dtype, chunk_bytes)       # (R, hi - lo)
+    itemsize, written = BY_NAME[dtype].itemsize, 0
+    step = max(1, chunk_bytes // max(1, block.shape[0] * itemsize))              # output rows per chunk
+    for part in run:
+        for r in range(part.start, part.stop, step):
+            r_end = min(part.stop, r + step)
+            chunk = np.ascontiguousarray(block[:, r - lo:r_end - lo].T)          # (R, n) -> (n, R) rows
+            if ckpt:
+                _write_all(fh, ckpt_io.value_header(name, shape, dtype, chunk.nbytes))
+            _write_all(fh, chunk)
+            written += chunk.nbytes
+            bar.update(chunk.nbytes)
+    del block
     return written
 
 
