@@ -8,6 +8,7 @@ import os
 
 from ..config.base import ConfigError
 from ..config.model import TelechatConfig
+from . import ckpt_io, safetensors_io
 from .errors import ConvertError, summarize
 from .sources import SAFE_INDEX, read_index
 
@@ -32,11 +33,26 @@ def weight_files(path: str) -> tuple[list[str], str]:
                        f"(found {len(ckpts)} .ckpt files)")
 
 
+def check_weight_files(files: list[str], fmt: str) -> None:
+    """The converters' header checks (a file shorter than its header says, a corrupt header or .ckpt stream)
+    before MindSpore reads the files: its errors on such files are tracebacks that do not name the file."""
+    for file in files:
+        if fmt == "safetensors":
+            safetensors_io.read_header(file)
+        else:
+            ckpt_io.scan_ckpt(file)
+
+
 def _load_params(files: list[str], fmt: str) -> dict:
     import mindspore as ms   # pylint: disable=import-outside-toplevel
+    check_weight_files(files, fmt)
     params = {}
     for file in files:
-        params.update(ms.load_checkpoint(file, format=fmt))
+        try:
+            params.update(ms.load_checkpoint(file, format=fmt))
+        except (RuntimeError, ValueError, TypeError, OSError) as exc:   # what the header checks cannot see
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConvertError(f"{file}: MindSpore cannot read this {fmt} file ({first})") from None
     return params
 
 
