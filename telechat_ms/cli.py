@@ -2,8 +2,9 @@
 
 Subcommands: `info` (presets and parameter counts), `forward` (build a model and run one forward pass),
 `convert` (hf2ms / ms2hf / mf2ms, docs/convert.md), `plan` (docs/parallel.md),
-`preprocess` (jsonl -> MindRecord, docs/data.md), `train` / `plot-loss` (docs/training.md), `chat` (docs/inference.md).
-Exit codes: 0 ok, 2 bad input.
+`preprocess` (jsonl -> MindRecord, docs/data.md), `train` / `plot-loss` (docs/training.md), `chat` (docs/inference.md),
+`verify` (re-hash a converted directory against its checksums.sha256, docs/convert.md).
+Exit codes: 0 ok, 2 bad input (verify: 1 when files are corrupt or missing).
 """
 from __future__ import annotations
 
@@ -55,6 +56,23 @@ def _cmd_forward(args) -> int:
     return 0
 
 
+def _cmd_verify(args) -> int:
+    from .io.errors import ConvertError, summarize
+    from .io.integrity import CHECKSUMS, describe_problems, verify_dir
+    try:
+        mismatched, missing, extra = verify_dir(args.dir)
+    except (ConvertError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if extra:
+        print(f"note: not covered by {CHECKSUMS} ({len(extra)}): {summarize(extra)}", file=sys.stderr)
+    if mismatched or missing:
+        print(f"corrupt: {describe_problems(args.dir, mismatched, missing)}", file=sys.stderr)
+        return 1
+    print(f"ok: {args.dir}: every file listed in {CHECKSUMS} matches")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="telechat-ms", description="TeleChat2 on MindSpore (Ascend / CPU)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -70,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     fwd.add_argument("--device-target", choices=("CPU", "Ascend", "GPU"), default="CPU")
     fwd.add_argument("--seed", type=int, default=0)
     fwd.set_defaults(func=_cmd_forward)
+    ver = sub.add_parser("verify", help="re-hash a converted directory against its checksums.sha256 "
+                                        "(exit 0 ok, 1 corrupt or missing files, 2 invalid input)")
+    ver.add_argument("dir", help="directory written by telechat-ms convert")
+    ver.set_defaults(func=_cmd_verify)
     conv = sub.add_parser("convert", help="weight conversion: hf2ms | ms2hf | mf2ms (see --help of each)",
                           add_help=False)
     conv.add_argument("direction", choices=("hf2ms", "ms2hf", "mf2ms"))
