@@ -16,21 +16,17 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Iterable, Sequence
+from typing import Iterable
 
-from ..config.base import ConfigError
+from .tokenizer_base import TOOL_TOKENS, BaseTokenizer, Offsets, sp_pieces
+from .tokenizer_files import AddedTokenSpec, TokenizerError
 
 # spec §6.1: these ids are fixed for every TeleChat2 size (the model's embedding rows and generation config
 # user_token_id/bot_token_id rely on them)
 CORE_SPECIALS = {"<_unk>": 0, "<_start>": 1, "<_end>": 2, "<_pad>": 3, "<_user>": 4, "<_bot>": 5, "<_system>": 6}
-TOOL_TOKENS = ("<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>")
 # strings recognised inside raw text (HF `additional_special_tokens` of the 3B/7B tokenizer_config.json);
 # <_unk> is not among them, so "<_unk>" typed in text stays text
 TEXT_SPECIALS = ("<_start>", "<_end>", "<_pad>", "<_user>", "<_bot>", "<_system>") + TOOL_TOKENS
-
-
-class TokenizerError(ConfigError):
-    """The tokenizer file is missing or does not have the TeleChat2 special-token layout."""
 
 
 def _resolve(path: str) -> tuple[str, str | None]:
@@ -54,8 +50,10 @@ def _added_tokens(config_path: str | None) -> dict[int, str]:
         raise TokenizerError(f"{config_path}: cannot read added_tokens_decoder: {exc}") from None
 
 
-class TelechatTokenizer:
+class TelechatTokenizer(BaseTokenizer):
     """Load with `TelechatTokenizer(path)`: path = tokenizer.model or a checkpoint directory holding it."""
+
+    kind = "telechat2"
 
     def __init__(self, path: str):
         import sentencepiece as spm  # pylint: disable=import-outside-toplevel
@@ -72,13 +70,17 @@ class TelechatTokenizer:
         self._added = _added_tokens(config_path)
         self._token_ids = self._special_ids()
         self._id_tokens = {i: t for t, i in self._token_ids.items()}
-        self.has_tool_tokens = all(t in self._token_ids for t in TOOL_TOKENS)
+        self._has_tool_tokens = all(t in self._token_ids for t in TOOL_TOKENS)
         self._text_specials = {t: self._token_ids[t] for t in TEXT_SPECIALS if t in self._token_ids}
         self._split = re.compile("(" + "|".join(re.escape(t) for t in self._text_specials) + ")")
         # decode(skip_special_tokens=True) drops these: the named specials plus every control piece
         # (<_observation>, <_sep>, <_controlN>), which SentencePiece would render as "" anyway
-        self.special_ids = frozenset(self._token_ids.values()) | frozenset(
+        self._special_ids = frozenset(self._token_ids.values()) | frozenset(
             i for i in range(self.vocab_size) if self.sp.IsControl(i))
+        # chat-template variables (HF special_tokens_map of a TeleChat2 3B/7B tokenizer_config.json)
+        self._specials = {"bos_token": AddedTokenSpec("<_start>"), "eos_token": AddedTokenSpec("<_end>"),
+                          "unk_token": AddedTokenSpec("<_unk>"), "pad_token": AddedTokenSpec("<_pad>")}
+        self._additional = [AddedTokenSpec(t) for t in TEXT_SPECIALS if t in self._token_ids]
 
     def _special_ids(self) -> dict[str, int]:
         ids: dict[str, int] = {}
@@ -102,6 +104,21 @@ class TelechatTokenizer:
     unk_id, bos_id, eos_id, pad_id, user_id, bot_id, system_id = range(7)
 
     @property
+    def special_ids(self) -> frozenset:
+        """The named specials plus every control piece (<_observation>, <_sep>, <_controlN>)."""
+        return self._special_ids
+
+    @property
+    def has_tool_tokens(self) -> bool:
+        return self._has_tool_tokens
+
+    def _lookup(self, token: str) -> int | None:
+        if token in self._token_ids:
+            return self._token_ids[token]
+        pid = self.sp.PieceToId(token)
+        return pid if self.sp.IdToPiece(pid) == token else None
+
+    @property
     def layout(self) -> str:
         """'tools' (3B/7B/35B-Nov: tool tokens present) or 'no-tools' (115B-style control pieces only)."""
         return "tools" if self.has_tool_tokens else "no-tools"
@@ -122,8 +139,9 @@ class TelechatTokenizer:
         return self._id_tokens.get(tid) or self.sp.IdToPiece(tid)
 
     # ---- encode / decode -------------------------------------------------------------------------------
-    def encode(self, text: str, parse_special: bool = True) -> list[int]:
-        """Ids of `text`; special-token strings become their ids when parse_special (HF default)."""
+    def encode(self, text: str, parse_special: bool = True, add_special_tokens: bool = True) -> list[int]:
+        """Ids of `text`; special-token strings become their ids when parse_special (HF default). No BOS/EOS
+        is ever added (add_bos_token = add_eos_token = false), whatever add_special_tokens says."""
         if not parse_special:
             return list(self.sp.EncodeAsIds(text)) if text else []
         ids: list[int] = []
@@ -133,6 +151,20 @@ class TelechatTokenizer:
             elif chunk:                                   # HF skips the empty chunks around adjacent specials
                 ids.extend(self.sp.EncodeAsIds(chunk))
         return ids
+
+    def encode_with_offsets(self, text: str, parse_special: bool = True,
+                            add_special_tokens: bool = False) -> tuple[list[int], Offsets]:
+        """encode() plus the character span of every token (see tokenizer_base)."""
+        if not parse_special:
+            return _unzip(sp_pieces(self.sp, text))
+        out: list[tuple[int, int, int]] = []
+        pos = 0
+        for match in self._split.finditer(text) if self._text_specials else ():
+            out += [(i, pos + s, pos + e) for i, s, e in sp_pieces(self.sp, text[pos:match.start()])]
+            out.append((self._text_specials[match.group()], match.start(), match.end()))
+            pos = match.end()
+        out += [(i, pos + s, pos + e) for i, s, e in sp_pieces(self.sp, text[pos:])]
+        return _unzip(out)
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         """Text of `ids`. Runs of ordinary ids are decoded chunk-wise, so each chunk's dummy-prefix space is
@@ -152,9 +184,72 @@ class TelechatTokenizer:
         out.append(self.sp.DecodeIds(run))
         return "".join(out)
 
-    def tokens(self, ids: Sequence[int]) -> list[str]:
-        """Piece strings of ids (debugging and docs)."""
-        return [self.id_to_token(int(t)) for t in ids]
-
     def __repr__(self) -> str:
         return f"TelechatTokenizer({self.path!r}, vocab {self.vocab_size}, layout {self.layout})"
+
+
+def _unzip(pieces: list[tuple[int, int, int]]) -> tuple[list[int], Offsets]:
+    return [p[0] for p in pieces], [(p[1], p[2]) for p in pieces]
+
+
+# ---- one loader for every family --------------------------------------------------------------------------
+KINDS = ("telechat2", "sentencepiece", "hf")
+# remote-code classes that are SentencePiece tokenizers even when a tokenizer.json sits beside the model
+_SP_CLASSES = ("TelechatTokenizer", "Telechat2Tokenizer", "TELECHATTokenizer", "FLMTokenizer", "LlamaTokenizer")
+
+
+def _is_telechat2_layout(model_path: str) -> bool:
+    """ids 0-6 are <_unk> <_start> <_end> <_pad> <_user> <_bot> <_system> (spec §6.1)."""
+    from .sp_tokenizer import load_sentencepiece  # pylint: disable=import-outside-toplevel
+    sp = load_sentencepiece(model_path)
+    size = sp.GetPieceSize()
+    return all(want < size and sp.IdToPiece(want) == name for name, want in CORE_SPECIALS.items())
+
+
+def detect_kind(path: str) -> str:
+    """The tokenizer kind of a file or checkpoint directory, from the files present (TokenizerError if none).
+
+    tokenizer.model -> telechat2 when it has TeleChat2's special-token layout, else sentencepiece;
+    tokenizer.json / vocab.json -> hf. A directory with both a tokenizer.model and a tokenizer.json uses the
+    SentencePiece model when tokenizer_config.json names a SentencePiece class (TeleChat, FLM, Llama slow),
+    else tokenizer.json (what transformers' AutoTokenizer loads by default).
+    """
+    from .tokenizer_files import read_settings  # pylint: disable=import-outside-toplevel
+    if os.path.isfile(path):
+        name = os.path.basename(path)
+        if name.endswith(".json"):
+            return "hf"
+        return "telechat2" if _is_telechat2_layout(path) else "sentencepiece"
+    if not os.path.isdir(path):
+        raise TokenizerError(f"{path}: no such tokenizer file or checkpoint directory")
+    model = os.path.join(path, "tokenizer.model")
+    has_json = os.path.isfile(os.path.join(path, "tokenizer.json"))
+    has_bpe = os.path.isfile(os.path.join(path, "vocab.json"))
+    if os.path.isfile(model):
+        cls = (read_settings(path).tokenizer_class or "").replace("Fast", "")
+        if not has_json or cls in _SP_CLASSES:
+            return "telechat2" if _is_telechat2_layout(model) else "sentencepiece"
+    if has_json or has_bpe:
+        return "hf"
+    raise TokenizerError(f"{path}: no tokenizer found (expected tokenizer.model, tokenizer.json or "
+                         "vocab.json + merges.txt)")
+
+
+def load_tokenizer(path: str, kind: str | None = None):
+    """The tokenizer of a file or checkpoint directory: kind telechat2 | sentencepiece | hf (None or "auto":
+    detect_kind).
+
+    Every kind has the same interface (telechat_ms/data/tokenizer_base.py); ids equal what the checkpoint's
+    transformers tokenizer produces. Errors are TokenizerError naming the file.
+    """
+    if kind is None or kind == "auto":
+        kind = detect_kind(path)
+    if kind == "telechat2":
+        return TelechatTokenizer(path)
+    if kind == "sentencepiece":
+        from .sp_tokenizer import SentencePieceTokenizer  # pylint: disable=import-outside-toplevel
+        return SentencePieceTokenizer(path)
+    if kind == "hf":
+        from .hf_tokenizer import HFTokenizer  # pylint: disable=import-outside-toplevel
+        return HFTokenizer(path)
+    raise TokenizerError(f"unknown tokenizer kind {kind!r} (known: {', '.join(KINDS)})")
