@@ -1,5 +1,7 @@
-"""Write a randomly initialised tiny TeleChat2 checkpoint in HF format (config.json, model.safetensors,
+"""Write a randomly initialised tiny checkpoint in HF format (config.json, model.safetensors,
 generation_config.json, tokenizer files) -- the starting point of the README demo. No torch needed.
+Any family's preset works (e.g. --preset tiny_aquila2_gqa): the weights are laid out in that family's own HF
+layout (its name table), config.json in its own naming.
 
 usage: python scripts/make_tiny_hf_checkpoint.py OUT_DIR [--preset tiny] [--seed 0]
 """
@@ -27,20 +29,20 @@ def random_hf_weights(config, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     out = {}
     for entry in name_table(config):
-        for key in entry.hf_keys:
-            if key.endswith("norm.weight") or key.endswith("ln_f.weight"):
-                out[key] = np.ones(entry.hf_shape, np.float32)
+        for key, shape in zip(entry.hf_keys, entry.hf_shapes):
+            if key.endswith("norm.weight") or key.rsplit(".", 2)[-2].startswith("ln_"):
+                out[key] = np.ones(shape, np.float32)
             elif key.endswith(".bias"):
-                out[key] = np.zeros(entry.hf_shape, np.float32)
+                out[key] = np.zeros(shape, np.float32)
             else:
-                out[key] = rng.normal(0.0, config.initializer_range, entry.hf_shape).astype(np.float32)
+                out[key] = rng.normal(0.0, config.initializer_range, shape).astype(np.float32)
     return out
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
-    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--preset", default="tiny", help="any family's preset (default: tiny, TeleChat2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seq-length", type=int, default=256)
     args = parser.parse_args(argv)
