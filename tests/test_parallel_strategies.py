@@ -9,7 +9,7 @@ from telechat_ms.config.parallel import ParallelConfig
 from telechat_ms.parallel.moe_layout import moe_layout, moe_plan, moe_strategies, shard_moe
 from telechat_ms.parallel.pipeline import apply_parallel
 from telechat_ms.parallel.shapes import SCALAR, ShapeContext, op_calls
-from telechat_ms.parallel.strategies import UNITS, Split, plan_for, resolve
+from telechat_ms.parallel.strategies import UNITS, Split, plan_for, resolve, shard_model
 from telechat_ms.parallel.validate import TABLE_ONLY
 
 from .conftest import set_mode
@@ -63,6 +63,23 @@ def test_standalone_moe_logits_unchanged():
     lm_ref = float(ref(ids, ids).asnumpy()) - aux_ref
     lm_sharded = float(sharded(ids, ids).asnumpy()) - aux_sharded
     assert lm_sharded == pytest.approx(lm_ref, abs=1e-6)
+
+
+@pytest.mark.parametrize("preset", ["tiny_teleflm_gqa", "tiny_telechat1"])
+def test_standalone_family_logits_unchanged_by_strategies(preset):
+    """Multiplier Mul ops with strategies (Tele-FLM) and the tied Parameter (TeleChat v1): stand-alone logits
+    and loss are bit-identical (pynative forward; the graph-mode gradient check above covers the rest)."""
+    set_mode("pynative")
+    try:
+        ms.set_seed(0)
+        ref = TelechatForCausalLM(TelechatConfig.preset(preset))
+        ms.set_seed(0)
+        sharded = shard_model(TelechatForCausalLM(TelechatConfig.preset(preset)), LAYOUT)
+        ids = Tensor(np.random.default_rng(2).integers(0, 512, (2, 12)).astype(np.int32))
+        assert np.array_equal(ref(ids).asnumpy(), sharded(ids).asnumpy())
+        assert ref(ids, ids).asnumpy() == sharded(ids, ids).asnumpy()
+    finally:
+        set_mode("graph")
 
 
 # ----------------------------------------------------------------------------- shape table vs a real run
@@ -121,7 +138,8 @@ def _expected(cell, name, config, ctx):
     return sorted(calls)
 
 
-@pytest.mark.parametrize("preset,overrides", [("tiny", {}), ("tiny_gqa", {}), ("tiny_moe", {"moe_chunks": 2})])
+@pytest.mark.parametrize("preset,overrides", [("tiny", {}), ("tiny_gqa", {}), ("tiny_moe", {"moe_chunks": 2}),
+                                             ("tiny_teleflm_gqa", {}), ("tiny_telechat1", {})])
 def test_shape_table_equals_shapes_of_a_real_run(preset, overrides):
     """parallel/shapes.py (used for 115B, where nothing can run) against a recorded pynative run."""
     set_mode("pynative")
@@ -129,7 +147,7 @@ def test_shape_table_equals_shapes_of_a_real_run(preset, overrides):
         config = TelechatConfig.preset(preset, **overrides)
         model = TelechatForCausalLM(config)
         parallel = ParallelConfig(data_parallel=2, model_parallel=2)
-        model.shard(parallel)
+        shard_model(model, parallel)
         for layer in model.model.layers:
             if config.is_moe:
                 shard_moe(layer.feed_forward, parallel)
@@ -143,6 +161,8 @@ def test_shape_table_equals_shapes_of_a_real_run(preset, overrides):
             got = sorted(seen.get(key, []))
             assert got == _expected(cell, name, config, ctx), f"{type(cell).__name__}.{name}"
         assert len(planned) > 80
+        multipliers = config.embedding_multiplier != 1.0, config.logit_multiplier != 1.0
+        assert (id(model.model.mul_embed) in planned, id(model.mul_logits) in planned) == multipliers
     finally:
         set_mode("graph")
 

@@ -11,6 +11,7 @@ from telechat_ms.model import Kernels
 from telechat_ms.parallel.moe_layout import shard_moe
 from telechat_ms.parallel.rules import StrategyError
 from telechat_ms.parallel.shapes import ShapeContext
+from telechat_ms.parallel.strategies import shard_model
 from telechat_ms.parallel.validate import build_abstract_model, check_ops, validate
 
 SEQ = 24          # divisible by 1..8 but not by 16: sequence parallel with mp 16 must fail on the sequence
@@ -32,7 +33,7 @@ def model_for(name):
 
 
 def shard(model, par):
-    model.shard(par)
+    shard_model(model, par)
     for layer in model.model.layers:
         if model.config.is_moe:          # until MoE.shard is wired to shard_moe (harmless afterwards)
             shard_moe(layer.feed_forward, par)
@@ -84,7 +85,7 @@ def run_case(name, par, batch, seq=SEQ):
     return True
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny_gqa", "wide", "odd"])
+@pytest.mark.parametrize("name", ["tiny", "tiny_gqa", "wide", "odd", "tiny_teleflm_gqa", "tiny_telechat1"])
 def test_dense_matrix_1_to_64_devices(name):
     outcomes = []
     for dp, mp, pp in dense_layouts():
@@ -244,3 +245,83 @@ def test_batch_gather_rule_needs_equal_group_splits():
         check_call("g", gather, ((4, 1, 1), (2, 1)), None, shapes, 8)
     with pytest.raises(StrategyError, match="gather axis"):
         check_call("g", gather, ((4, 5, 1), (4, 1)), None, shapes, 20)
+
+
+# ----------------------------------------------------------------------------- families (issue 10)
+def test_multipliers_get_explicit_strategies_on_their_stages():
+    """Tele-FLM's embedding / logit multipliers (Mul ops that exist only when != 1.0): mul_embed on the
+    token region (dp, sp, 1) of stage 0, mul_logits on the lm_head output layout (dp, 1, vocab split) of the
+    last stage; shard_model sets them (TelechatModel / TelechatForCausalLM.shard do not)."""
+    model = model_for("tiny_teleflm_gqa")
+    assert (model.config.embedding_multiplier, model.config.logit_multiplier) == (2.0, 0.25)
+    par = ParallelConfig(data_parallel=2, model_parallel=2, pipeline_stage=2, micro_batch_num=2,
+                         use_seq_parallel=True, vocab_emb_dp=False)
+    shard_model(model, par)
+    ops = {op.path: op for op in validate(model, par, batch=4, seq_len=SEQ).ops}
+    assert ops["model.mul_embed"].strategy == ((2, 2, 1), ()) and ops["model.mul_embed"].stage == 0
+    assert ops["mul_logits"].strategy == ((2, 1, 2), ()) and ops["mul_logits"].stage == 1
+    assert ops["mul_logits"].calls == [((2, SEQ, 512), ())]
+    vocab_dp = par.replace(vocab_emb_dp=True)
+    shard_model(model, vocab_dp)
+    ops = {op.path: op for op in validate(model, vocab_dp, batch=4, seq_len=SEQ).ops}
+    assert ops["mul_logits"].strategy == ((2, 1, 1), ())
+
+
+def test_multiplier_ops_are_not_planned_when_they_do_not_run():
+    model = model_for("tiny")                  # multipliers 1.0: no Mul in the graph, nothing planned
+    par = ParallelConfig(data_parallel=2, model_parallel=2)
+    shard_model(model, par)
+    paths = {op.path for op in validate(model, par, batch=2, seq_len=SEQ).ops}
+    assert not {"model.mul_embed", "mul_logits"} & paths
+    assert model.mul_logits.attrs.get("in_strategy") is None
+
+
+def test_out_projection_biases_follow_the_family():
+    """Llama-named families have no bias cells: no bias add is planned or validated; TeleChat has both."""
+    par = ParallelConfig(data_parallel=2, model_parallel=2, use_seq_parallel=True, vocab_emb_dp=False)
+    llama = {op.path for op in run_validate("tiny_aquila2_gqa", par, batch=2).ops}
+    assert not any(p.endswith("bias_add") for p in llama)
+    telechat = {op.path for op in run_validate("tiny", par, batch=2).ops}
+    assert {"model.layers.0.attention.wo.bias_add", "model.layers.0.feed_forward.w2.bias_add"} <= telechat
+
+
+@pytest.mark.parametrize("vocab_emb_dp,slices", [(False, (2, 1)), (True, (1, 1))])
+def test_tied_embedding_has_one_layout_for_gather_and_lm_head(vocab_emb_dp, slices):
+    """TeleChat v1 7B: lm_head.weight IS the embedding Parameter. The embedding Gather's table and the lm_head
+    MatMul's weight are both (V, H) split by the vocab split, so the shared Parameter has one layout (also
+    across pipeline stages: embedding on stage 0, lm_head on the last)."""
+    model = model_for("tiny_telechat1")
+    assert model.lm_head.weight is model.model.tok_embeddings.embedding_weight
+    par = ParallelConfig(data_parallel=2, model_parallel=2, pipeline_stage=2, micro_batch_num=2,
+                         use_seq_parallel=True, vocab_emb_dp=vocab_emb_dp)
+    report = run_validate("tiny_telechat1", par, batch=4)
+    shared = [c for c in report.checks if c.startswith("shared parameter")]
+    assert shared == [f"shared parameter sliced {slices} by model.tok_embeddings.gather, lm_head.matmul"]
+
+
+def test_tied_embedding_with_disagreeing_layouts_is_refused():
+    """A shared Parameter sliced differently by its readers cannot exist in MindSpore: refused, naming both."""
+    model = model_for("tiny_telechat1")
+    par = ParallelConfig(data_parallel=2, model_parallel=2, vocab_emb_dp=False)
+    shard(model, par)
+    model.lm_head.shard(par, "replicated")      # weight (1, 1) while the embedding table is split (2, 1)
+    with pytest.raises(StrategyError, match=r"lm_head.matmul: reads a Parameter shared with "
+                                            r"model.tok_embeddings.gather .* sliced \(1, 1\), but .* \(2, 1\)"):
+        validate(model, par, 2, SEQ)
+    untied = model_for("tiny_telechat1_untied")
+    shard(untied, par)
+    untied.lm_head.shard(par, "replicated")     # its own weight: any layout is fine
+    assert validate(untied, par, 2, SEQ).ops
+
+
+def test_aquila2_34b_gqa_at_mp8_and_beyond():
+    """48 heads / 8 kv heads: mp 8 gives each rank 6 query heads and one whole (K, V) pair; mp 16 splits the
+    8 kv heads and is refused naming num_kv_heads."""
+    model = build_abstract_model(TelechatConfig.preset("aquila2_34b"), Kernels.for_device("Ascend"))
+    par = ParallelConfig(model_parallel=8, pipeline_stage=2, micro_batch_num=2, use_seq_parallel=True,
+                         vocab_emb_dp=False)
+    ops = {op.path: op for op in validate(shard_model(model, par), par, batch=2, seq_len=4096).ops}
+    assert ops["model.layers.0.attention.wk_v.matmul"].strategy == ((1, 1), (8, 1))
+    assert ops["model.layers.0.attention.wk_v.matmul"].calls[0][1] == (2 * 8 * 128, 6144)
+    with pytest.raises(StrategyError, match=r"num_kv_heads \(8\) must be divisible by model_parallel \(16\)"):
+        validate(model, ParallelConfig(model_parallel=16), batch=1, seq_len=4096)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config.base import ConfigError
+from .strategies import shard_model
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ def stage_of_path(path: str, placements: list[LayerPlacement], pp: int) -> int:
     parts = path.split(".")
     if "layers" in parts:
         return placements[int(parts[parts.index("layers") + 1])].stage
-    if parts[0] == "lm_head" or parts[0] == "loss" or "norm_out" in parts:
+    if parts[0] in ("lm_head", "loss", "mul_logits") or "norm_out" in parts:
         return pp - 1
     return 0
 
@@ -171,6 +172,6 @@ def auto_parallel_context(parallel) -> dict:
 
 def apply_parallel(model, parallel):
     """shard() + stages + recompute on a TelechatForCausalLM; returns the network to train (wrapped if pp > 1)."""
-    model.shard(parallel)
+    shard_model(model, parallel)
     configure_pipeline(model, parallel)
     return wrap_pipeline(model, parallel)

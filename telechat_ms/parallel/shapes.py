@@ -129,15 +129,25 @@ def loss_calls(cell, config, d) -> dict:
             "log": [(col,)], "gather_d": [(logits, col)], "sum": [(vec,), (vec,)], "mul": [(vec, vec), (vec, vec)]}
 
 
-def _none(cell, config, d) -> dict:
-    return {}
+def model_calls(cell, config, d) -> dict:
+    """The embedding multiplier scales the gathered (B, S, H) embeddings (only when != 1.0)."""
+    if cell.embedding_multiplier == 1.0:
+        return {}
+    return {"mul_embed": [((d["B"], d["S"], d["H"]), SCALAR)]}
+
+
+def causal_lm_calls(cell, config, d) -> dict:
+    """The logit multiplier scales the fp32 logits (B, S, V) of the whole sequence (only when != 1.0)."""
+    if cell.logit_multiplier == 1.0:
+        return {}
+    return {"mul_logits": [((d["B"], d["S"], d["V"]), SCALAR)]}
 
 
 CALLS = {
     "Linear": linear_calls, "RMSNorm": norm_calls, "RotaryEmbedding": rotary_calls,
     "CoreAttention": core_attention_calls, "Attention": attention_calls, "MLP": mlp_calls,
     "DecoderLayer": decoder_calls, "Embedding": embedding_calls, "CausalLMLoss": loss_calls,
-    "TelechatModel": _none, "TelechatForCausalLM": _none,
+    "TelechatModel": model_calls, "TelechatForCausalLM": causal_lm_calls,
 }
 
 

@@ -196,15 +196,38 @@ def loss_plan(cell, parallel) -> Plan:
             "sum": _op((a.dp,)), "mul": _op((a.dp,), (a.dp,))}
 
 
-def _no_plan(cell, parallel) -> Plan:
-    return {}
+def model_plan(cell, parallel) -> Plan:
+    """Embedding multiplier (Tele-FLM input_mult) on (B, S, H) tokens: the (dp, sp, 1) region the first norm
+    and residual add read. Only planned when the op runs (multiplier != 1.0)."""
+    if cell.embedding_multiplier == 1.0:
+        return {}
+    a = Axes.of(parallel)
+    return {"mul_embed": _op((a.dp, a.sp, ONE), ())}
+
+
+def causal_lm_plan(cell, parallel) -> Plan:
+    """Logit multiplier (Tele-FLM output_mult / mup_scale_factor) on the fp32 logits (B, S, V): the lm_head
+    output layout (dp, 1, vocab split), so no redistribution before the vocab-parallel loss."""
+    if cell.logit_multiplier == 1.0:
+        return {}
+    a = Axes.of(parallel)
+    return {"mul_logits": _op((a.dp, ONE, a.vocab(parallel)), ())}
 
 
 PLANS: dict[str, Callable] = {
     "Linear": linear_plan, "RMSNorm": norm_plan, "RotaryEmbedding": rotary_plan,
     "CoreAttention": core_attention_plan, "Attention": attention_plan, "MLP": mlp_plan,
     "DecoderLayer": decoder_plan, "Embedding": embedding_plan, "CausalLMLoss": loss_plan,
-    "TelechatModel": _no_plan, "TelechatForCausalLM": _no_plan,
+    "TelechatModel": model_plan, "TelechatForCausalLM": causal_lm_plan,
+}
+
+# Which op input reads each Parameter (cell class -> parameter attribute -> (op, input index)): a Parameter
+# shared by several cells (tied embeddings: lm_head.weight IS model.tok_embeddings.embedding_weight) must be
+# sliced alike by every op that reads it; validate.check_shared_parameters compares these inputs' strategies.
+# Linear's weight reaches its MatMul through a Cast, which takes the MatMul's layout.
+PARAM_INPUTS: dict[str, dict[str, tuple[str, int]]] = {
+    "Linear": {"weight": ("matmul", 1), "bias": ("bias_add", 1)},
+    "Embedding": {"embedding_weight": ("gather", 0)},
 }
 
 
@@ -246,3 +269,12 @@ def apply_plan(cell, plan: Plan) -> None:
 def shard_cell(cell, parallel) -> None:
     """Set the strategies of `cell`'s own primitives from its plan (children are sharded by their own shard())."""
     apply_plan(cell, plan_for(cell, parallel))
+
+
+def shard_model(model, parallel):
+    """model.shard(parallel) plus the plans of the two top cells' own ops (mul_embed, mul_logits), which
+    TelechatModel.shard / TelechatForCausalLM.shard do not apply themselves; idempotent. Returns `model`."""
+    model.shard(parallel)
+    for cell in (model.model, model):
+        apply_plan(cell, plan_for(cell, parallel))
+    return model

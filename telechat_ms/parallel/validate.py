@@ -18,7 +18,7 @@ from ..config.base import ConfigError
 from .pipeline import layer_placements, stage_of_path
 from .rules import StrategyError, check_call
 from .shapes import AXES, ShapeContext, op_calls
-from .strategies import UNITS, plan_for, resolve
+from .strategies import PARAM_INPUTS, UNITS, plan_for, resolve
 
 
 @contextlib.contextmanager
@@ -138,11 +138,14 @@ def _strategy_of(prim) -> tuple:
     return attrs.get("in_strategy"), attrs.get("out_strategy")
 
 
-def _check_cell(path, cell, config, parallel, ctx, stage) -> list[OpReport]:
+SHARD_HINT = "shard with telechat_ms.parallel.shard_model(model, parallel) first"
+
+
+def _check_cell(path, cell, config, parallel, ctx, placements) -> list[OpReport]:
     try:
         plan = plan_for(cell, parallel)
     except ConfigError as exc:
-        raise StrategyError(path or "model", f"not sharded ({exc}); call model.shard(parallel) first") from None
+        raise StrategyError(path or "model", f"not sharded ({exc}); {SHARD_HINT}") from None
     calls = op_calls(cell, config, ctx)
     for extra in set(calls) - set(plan):
         raise StrategyError(f"{path}.{extra}", "runs in construct but has no planned strategy")
@@ -153,7 +156,7 @@ def _check_cell(path, cell, config, parallel, ctx, stage) -> list[OpReport]:
         in_set, out_set = _strategy_of(prim)
         want_in, want_out = op.plain()
         if in_set is None:
-            raise StrategyError(full, "has no strategy: call model.shard(parallel) first")
+            raise StrategyError(full, f"has no strategy: {SHARD_HINT}")
         if tuple(in_set) != want_in or (out_set is not None and tuple(out_set) != want_out):
             raise StrategyError(full, f"strategy set {in_set} / out {out_set} differs from the plan {want_in} / "
                                 f"out {want_out} derived from the ParallelConfig")
@@ -161,6 +164,7 @@ def _check_cell(path, cell, config, parallel, ctx, stage) -> list[OpReport]:
         for shapes in calls.get(name, []):
             devices = max(devices, check_call(full, prim, op.in_strategy, op.out_strategy, shapes,
                                               parallel.stage_device_num, AXES.get(name)))
+        stage = stage_of_path(full, placements, parallel.pipeline_stage)
         reports.append(OpReport(full, type(prim).__name__, stage, want_in, want_out, calls.get(name, []), devices))
     return reports
 
@@ -188,12 +192,50 @@ def check_ops(model, parallel, ctx: ShapeContext) -> list[OpReport]:
             units.append(path)
         if kind not in UNITS and not _is_known(kind):
             continue
-        stage = stage_of_path(path, placements, parallel.pipeline_stage)
-        cell_reports = _check_cell(path, cell, config, parallel, ctx, stage)
+        cell_reports = _check_cell(path, cell, config, parallel, ctx, placements)
         planned |= _planned_ids(cell, plan_for(cell, parallel))
         reports.extend(cell_reports)
     _check_no_stray_strategies(model, planned)
+    check_shared_parameters(model, parallel)
     return reports
+
+
+def parameter_slices(model, parallel) -> dict:
+    """{id(Parameter): [(op path, slice strategy of that input)]} for every Parameter an op reads (PARAM_INPUTS)."""
+    out: dict = {}
+    units: list[str] = []
+    for path, cell in model.cells_and_names():
+        if type(cell).__name__ in UNITS:
+            units.append(path)        # the MoE plans its subtree as one unit; its weights are not shared
+        inputs = PARAM_INPUTS.get(type(cell).__name__)
+        if not inputs or any(path.startswith(u + ".") for u in units):
+            continue
+        plan = plan_for(cell, parallel)
+        for attr, (op, index) in inputs.items():
+            param = getattr(cell, attr, None)
+            if param is None or op not in plan:
+                continue
+            full = f"{path}.{op}" if path else op
+            out.setdefault(id(param), []).append((full, plan[op].in_strategy[index]))
+    return out
+
+
+def check_shared_parameters(model, parallel) -> list[str]:
+    """A Parameter read by several ops (tied embeddings: the embedding Gather's table and the lm_head MatMul's
+    weight) has one layout in MindSpore, so every reader must slice it alike; returns what was checked."""
+    checked = []
+    for readers in parameter_slices(model, parallel).values():
+        if len(readers) < 2:
+            continue
+        (first, want), rest = readers[0], readers[1:]
+        for op, got in rest:
+            if tuple(map(int, got)) != tuple(map(int, want)):
+                fields = tuple(dict.fromkeys(f for s in tuple(want) + tuple(got) for f in getattr(s, "fields", ())))
+                raise StrategyError(op, f"reads a Parameter shared with {first} (tied embeddings) sliced "
+                                    f"{tuple(map(int, got))}, but {first} slices it {tuple(map(int, want))}: a "
+                                    "shared Parameter has one layout", fields)
+        checked.append(f"shared parameter sliced {tuple(map(int, want))} by " + ", ".join(op for op, _ in readers))
+    return checked
 
 
 def _is_known(kind: str) -> bool:
@@ -218,4 +260,5 @@ def validate(model, parallel, batch: int, seq_len: int, training: bool = True) -
     ctx = ShapeContext(batch // parallel.micro_batch_num, seq_len, training)
     report = ValidationReport(parallel, batch, seq_len, checks)
     report.ops = check_ops(model, parallel, ctx)
+    report.checks += check_shared_parameters(model, parallel)
     return report
