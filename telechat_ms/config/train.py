@@ -9,6 +9,7 @@ sets are accepted and have no effect on the native loop (listed in docs/training
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -55,6 +56,24 @@ CALLBACKS_IGNORED = frozenset({"ObsMonitor", "SummaryMonitor", "ProfileMonitor",
                                "EvalCallBack", "TrainCallBack", "MFLossMonitor"})
 
 
+def to_float(name: str, value: Any, allow_none: bool = False) -> float | None:
+    """`value` as a finite float. Numeric strings are accepted because PyYAML (YAML 1.1) reads `5e-3` (an
+    exponent without a dot) as the string '5e-3'. NaN/inf are refused: a NaN learning rate or scale turns every
+    step into a skipped overflow step."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
 @dataclass
 class OptimizerConfig:
     """AdamW with decoupled weight decay (torch semantics, bias-corrected); biases and norm weights never decay."""
@@ -66,12 +85,13 @@ class OptimizerConfig:
     def __post_init__(self):
         if self.type not in OPTIMIZERS:
             raise ConfigError(f"optimizer.type must be one of {OPTIMIZERS}, got {self.type!r}")
-        if not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2 \
-                or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas):
+        if not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2:
             raise ConfigError(f"optimizer.betas must be two numbers in [0, 1), got {self.betas!r}")
-        self.betas = tuple(float(b) for b in self.betas)
-        check_type("optimizer.eps", self.eps, float)
-        check_type("optimizer.weight_decay", self.weight_decay, float)
+        self.betas = tuple(to_float("optimizer.betas", b) for b in self.betas)
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optimizer.betas must be two numbers in [0, 1), got {self.betas!r}")
+        self.eps = to_float("optimizer.eps", self.eps)
+        self.weight_decay = to_float("optimizer.weight_decay", self.weight_decay)
         if self.eps <= 0 or self.weight_decay < 0:
             raise ConfigError(f"optimizer.eps ({self.eps}) must be > 0 and weight_decay ({self.weight_decay}) >= 0")
 
@@ -85,17 +105,17 @@ class LrScheduleConfig:
     warmup_lr_init: float = 0.0
     warmup_steps: int = 0
     warmup_ratio: float | None = None        # overrides warmup_steps: int(total_steps * ratio)
-    total_steps: int = -1                    # -1: the number of optimizer steps of the run
+    total_steps: int = -1                    # -1: the whole run, epochs x steps per epoch (not stop_step)
     num_cycles: float = 0.5
 
     def __post_init__(self):
         if self.type not in LR_SCHEDULES:
             raise ConfigError(f"lr_schedule.type must be one of {LR_SCHEDULES}, got {self.type!r}")
         for name in ("learning_rate", "lr_end", "warmup_lr_init", "num_cycles"):
-            check_type(f"lr_schedule.{name}", getattr(self, name), float)
+            setattr(self, name, to_float(f"lr_schedule.{name}", getattr(self, name)))
         check_type("lr_schedule.warmup_steps", self.warmup_steps, int)
         check_type("lr_schedule.total_steps", self.total_steps, int)
-        check_type("lr_schedule.warmup_ratio", self.warmup_ratio, float, allow_none=True)
+        self.warmup_ratio = to_float("lr_schedule.warmup_ratio", self.warmup_ratio, allow_none=True)
         if self.learning_rate <= 0 or self.warmup_steps < 0:
             raise ConfigError(f"lr_schedule.learning_rate ({self.learning_rate}) must be > 0 and "
                               f"warmup_steps ({self.warmup_steps}) >= 0")
@@ -115,8 +135,8 @@ class LossScaleConfig:
 
     def __post_init__(self):
         check_type("loss scale dynamic", self.dynamic, bool, allow_none=True)
-        check_type("loss_scale_value", self.loss_scale_value, float)
-        check_type("scale_factor", self.scale_factor, float)
+        self.loss_scale_value = to_float("loss_scale_value", self.loss_scale_value)
+        self.scale_factor = to_float("scale_factor", self.scale_factor)
         check_positive("scale_window", self.scale_window)
         if self.loss_scale_value <= 0 or self.scale_factor <= 1:
             raise ConfigError(f"loss_scale_value ({self.loss_scale_value}) must be > 0 and "
@@ -150,7 +170,9 @@ class TrainConfig:
     epochs: int = 1
     batch_size: int = 1                    # per device micro batch
     gradient_accumulation_steps: int = 1
-    stop_step: int = 0                     # > 0: stop after this many optimizer steps
+    stop_step: int = 0                     # > 0: stop after this many optimizer steps (the schedule is unchanged)
+    overwrite_output_dir: bool = False     # a fresh run may delete the checkpoints of an earlier one (ours)
+    max_consecutive_skips: int = 50        # stop after this many skipped steps in a row (ours; see below)
     use_clip_grad: bool = True
     max_grad_norm: float = 1.0
     log_interval: int = 1
@@ -172,16 +194,21 @@ class TrainConfig:
             raise ConfigError(f"context.device_target must be one of {DEVICE_TARGETS}, got {self.device_target!r}")
         if self.mode not in (0, 1):
             raise ConfigError(f"context.mode must be 0 (graph) or 1 (pynative), got {self.mode!r}")
-        for name in ("epochs", "batch_size", "gradient_accumulation_steps", "log_interval"):
+        # 50 > the 32 halvings of the largest usual initial scale (2^32) down to 1: a healthy fp16 start
+        # never skips that many steps in a row
+        for name in ("epochs", "batch_size", "gradient_accumulation_steps", "log_interval", "max_consecutive_skips"):
             check_positive(name, getattr(self, name))
         check_type("stop_step", self.stop_step, int)
         check_type("resume_training", self.resume_training, (bool, str))
-        for name in ("use_parallel", "use_clip_grad", "shuffle"):
+        for name in ("use_parallel", "use_clip_grad", "shuffle", "overwrite_output_dir"):
             check_type(name, getattr(self, name), bool)
-        check_type("max_grad_norm", self.max_grad_norm, float)
-        check_type("device_peak_tflops", self.device_peak_tflops, float, allow_none=True)
+        self.max_grad_norm = to_float("max_grad_norm", self.max_grad_norm)
+        self.device_peak_tflops = to_float("device_peak_tflops", self.device_peak_tflops, allow_none=True)
         if self.max_grad_norm <= 0:
             raise ConfigError(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
+        if self.overwrite_output_dir and self.resume_training:
+            raise ConfigError("overwrite_output_dir deletes the checkpoints resume_training would continue; "
+                              "set only one of them")
 
     def replace(self, **changes) -> "TrainConfig":
         try:
@@ -200,6 +227,15 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> "TrainConfig":
+        """A run yaml must state its recipe: an empty one (or one without a learning rate) would otherwise
+        train on the defaults and exit 0."""
+        if not data:
+            raise ConfigError(f"{source}: the run yaml is empty; start from yaml_configs/tiny/train_tiny.yaml "
+                              "(or a size yaml) and see docs/training.md")
+        schedule = data.get("lr_schedule")
+        if not isinstance(schedule, Mapping) or "learning_rate" not in schedule:
+            raise ConfigError(f"{source}: no lr_schedule.learning_rate; a run yaml sets at least the learning rate "
+                              "(see yaml_configs/tiny/train_tiny.yaml and docs/training.md)")
         kwargs: dict[str, Any] = {"source": source}
         for key, value in data.items():
             if key in _SECTIONS:
@@ -216,7 +252,7 @@ class TrainConfig:
 
 
 _TOP_KEYS = frozenset({"seed", "output_dir", "run_mode", "load_checkpoint", "resume_training", "use_parallel",
-                       "amp_level", "device_peak_tflops"})
+                       "amp_level", "device_peak_tflops", "overwrite_output_dir", "max_consecutive_skips"})
 
 
 def _mapping(value, where: str) -> Mapping:
@@ -257,8 +293,11 @@ def _wrapper(value, kwargs, where):
 
 def _scale_sense(value, where: str) -> LossScaleConfig:
     """A number (fixed scale) or {type: DynamicLossScaleUpdateCell | FixedLossScaleUpdateCell, ...}."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return LossScaleConfig(dynamic=False, loss_scale_value=float(value))
+    if not isinstance(value, Mapping):
+        try:
+            return LossScaleConfig(dynamic=False, loss_scale_value=value)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     fields = _pick(value, where, {k: k for k in ("type", "loss_scale_value", "scale_factor", "scale_window")},
                    frozenset())
     kind = fields.pop("type", "DynamicLossScaleUpdateCell")
