@@ -5,19 +5,23 @@
             model_config.yaml, model.safetensors, model.safetensors.index.json   # TelechatForCausalLM.from_pretrained
             tokenizer.model ...                                                   # copied from the loaded model dir
             optimizer.safetensors       # adam_m.*, adam_v.*, adam_step
-            trainer_state.json          # step, loss scale, data schedule (written last)
-        latest                          # name of the newest complete step directory
+            trainer_state.json          # step, loss scale, data and lr schedule (written last)
+        latest                          # name of the newest step directory of the current run
 
 A save writes everything into a hidden temporary directory, fsyncs it and renames it into place; only then is
-`latest` rewritten (atomically) and old steps removed. A save killed at any point leaves the previous
-checkpoints and `latest` untouched; leftover temporary directories are removed by the next save.
+`latest` rewritten (atomically) and old steps removed. A step directory is removed by first renaming it to a
+hidden temporary name and then deleting that, so a name `step_*` always holds a whole checkpoint. A process
+killed at any point leaves the previous checkpoints and `latest` untouched; leftover temporary directories and
+incomplete step directories (from older versions) are removed by the next save.
 """
 from __future__ import annotations
 
 import glob
 import json
 import os
+import re
 import shutil
+import signal
 import tempfile
 
 from ..config.base import ConfigError, atomic_write_text
@@ -30,6 +34,22 @@ STATE_FILE = "trainer_state.json"
 LATEST = "latest"
 PREFIX = "step_"
 _TMP = ".tmp-"
+KILL_ENV = "TELECHAT_MS_TEST_KILL_AT"   # tests: SIGKILL this process at the named point (kill -9 tests)
+
+
+def _kill_point(name: str) -> None:
+    """Deterministic crash for the kill -9 tests; read only here, so no other code depends on it."""
+    if os.environ.get(KILL_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _remove_tree(path: str) -> None:
+    """shutil.rmtree file by file, with the test kill point after each removed file."""
+    for dirpath, _, filenames in os.walk(path, topdown=False):
+        for name in sorted(filenames):
+            os.remove(os.path.join(dirpath, name))
+            _kill_point("rotate-delete")
+        os.rmdir(dirpath)
 
 
 def step_dir_name(step: int) -> str:
@@ -61,7 +81,7 @@ def _write_json(path: str, data) -> None:
 
 def save(root: str, step: int, model_params: dict, optimizer_state: dict, state: dict, model_config,
          keep: int, side_dirs=()) -> str:
-    """Write step `step` atomically under `root`; keep the `keep` newest step directories. Returns its path."""
+    """Write step `step` atomically under `root`, then rotate (see `_rotate`). Returns its path."""
     os.makedirs(root, exist_ok=True)
     _remove_stale_tmp(root)
     final = os.path.join(root, step_dir_name(step))
@@ -86,9 +106,44 @@ def save(root: str, step: int, model_params: dict, optimizer_state: dict, state:
         raise
     atomic_write_text(os.path.join(root, LATEST), step_dir_name(step) + "\n")
     _remove_stale_tmp(root)
-    for old in complete_steps(root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    _rotate(root, step, keep)
     return final
+
+
+def _rotate(root: str, step: int, keep: int) -> None:
+    """Keep step `step` (just written) and the `keep` - 1 newest complete steps before it; remove incomplete
+    step directories. Steps after `step` (left by a run that went further, when this one resumed from an
+    earlier step) are kept: this run replaces them as it reaches them."""
+    older = []
+    for number, path in step_dirs(root):
+        if number == step:
+            continue
+        if not is_complete(path):
+            _delete_step(root, path)
+        elif number < step:
+            older.append(path)
+    for path in older[:max(0, len(older) - (keep - 1))]:
+        _delete_step(root, path)
+
+
+def _delete_step(root: str, path: str) -> None:
+    """Rename, then delete: killed at any point, `path` is either whole or gone (its remains are a hidden
+    temporary directory that the next save removes)."""
+    trash = tempfile.mkdtemp(prefix=_TMP + "old-", dir=root)
+    os.rename(path, os.path.join(trash, os.path.basename(path)))
+    _fsync(root)                           # the rename is on disk before any file of the step is deleted
+    _remove_tree(trash)
+
+
+def clear(root: str) -> None:
+    """Delete every step directory and `latest` under `root` (a fresh run with overwrite_output_dir)."""
+    if not os.path.isdir(root):
+        return
+    if os.path.isfile(os.path.join(root, LATEST)):
+        os.remove(os.path.join(root, LATEST))
+    for _, path in step_dirs(root):
+        _delete_step(root, path)
+    _remove_stale_tmp(root)
 
 
 def _remove_stale_tmp(root: str) -> None:
@@ -96,14 +151,29 @@ def _remove_stale_tmp(root: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+_STEP_NAME = re.compile(re.escape(PREFIX) + r"(\d+)")
+_REQUIRED = (MODEL_CONFIG, SAFE_SINGLE, SAFE_INDEX, OPTIMIZER_FILE, STATE_FILE)
+
+
+def step_dirs(root: str) -> list[tuple[int, str]]:
+    """(step, path) of every step directory under `root`, complete or not, oldest first."""
+    found = []
+    for name in os.listdir(root) if os.path.isdir(root) else []:
+        match = _STEP_NAME.fullmatch(name)
+        if match and os.path.isdir(os.path.join(root, name)):
+            found.append((int(match.group(1)), os.path.join(root, name)))
+    return sorted(found)
+
+
 def is_complete(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, STATE_FILE))
+    """Every file a resume reads is there (trainer_state.json alone is not enough: a directory half deleted
+    by an older version kept it)."""
+    return all(os.path.isfile(os.path.join(path, name)) for name in _REQUIRED)
 
 
 def complete_steps(root: str) -> list[str]:
     """Complete step directories under `root`, oldest first."""
-    paths = [p for p in glob.glob(os.path.join(root, PREFIX + "*")) if is_complete(p)]
-    return sorted(paths, key=lambda p: int(os.path.basename(p)[len(PREFIX):]))
+    return [path for _, path in step_dirs(root) if is_complete(path)]
 
 
 def latest(root: str) -> str | None:
@@ -155,6 +225,18 @@ def restore(path: str, network, optimizer) -> dict:
     missing = sorted(wanted - set(weights))
     if missing:
         raise ConfigError(f"{path}: checkpoint lacks {len(missing)} parameter(s), e.g. {missing[:3]}")
+    check_shapes(path, {**network.parameters_dict(), **optimizer.state()}, weights)
     ms.load_param_into_net(network, {k: weights[k] for k in network.parameters_dict()}, strict_load=True)
     ms.load_param_into_net(optimizer, {k: weights[k] for k in optimizer.state()}, strict_load=True)
     return read_state(path)
+
+
+def check_shapes(source: str, params: dict, tensors: dict) -> None:
+    """ConfigError naming the first mismatches if a tensor of `tensors` has another shape than its parameter
+    (MindSpore's load_param_into_net would raise a RuntimeError deep in its own code)."""
+    wrong = [f"{name}: checkpoint {list(tensors[name].shape)}, model {list(param.shape)}"
+             for name, param in params.items() if name in tensors and tuple(tensors[name].shape) != tuple(param.shape)]
+    if wrong:
+        more = f", ... ({len(wrong) - 3} more)" if len(wrong) > 3 else ""
+        raise ConfigError(f"{source}: {len(wrong)} tensor(s) have another shape than the model built from the "
+                          f"config: {', '.join(wrong[:3])}{more}")
