@@ -2,8 +2,9 @@
 
 train flags follow MindFormers' run_mindformer.py (--config, --run_mode, --load_checkpoint, --train_dataset_dir,
 --use_parallel, --resume_training, --output_dir, --seed, --epochs, --batch_size, --gradient_accumulation_steps,
---device_target) plus --train_dataset (alias), --amp_level, --stop_step and --engine. Exit codes: 0 ok,
-2 bad config / input (one line on stderr naming the file and key).
+--device_target) plus --train_dataset (alias), --amp_level, --stop_step, --overwrite_output_dir and --engine.
+Exit codes: 0 ok (also "nothing to do"), 2 bad config / input, or a run stopped on non-finite values (one
+`error:` line on stderr naming the file and key or the step).
 """
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume_training", nargs="?", const=True, type=_resume,
                    help="resume from the newest checkpoint (or the named step directory)")
     p.add_argument("--output_dir")
+    p.add_argument("--overwrite_output_dir", nargs="?", const=True, type=_bool,
+                   help="a fresh run may delete the checkpoints an earlier run left in output_dir")
     p.add_argument("--seed", type=int)
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch_size", type=int)
@@ -53,13 +56,15 @@ def build_train_parser() -> argparse.ArgumentParser:
 
 
 _OVERRIDES = ("run_mode", "load_checkpoint", "dataset_dir", "use_parallel", "resume_training", "output_dir", "seed",
-              "epochs", "batch_size", "gradient_accumulation_steps", "stop_step", "amp_level", "device_target")
+              "epochs", "batch_size", "gradient_accumulation_steps", "stop_step", "amp_level", "device_target",
+              "overwrite_output_dir")
 
 
 def train_main(argv: list[str] | None = None) -> int:
     args = build_train_parser().parse_args(argv)
     from ..config.base import ConfigError   # pylint: disable=import-outside-toplevel
     from ..io.errors import ConvertError   # pylint: disable=import-outside-toplevel
+    from .trainer import TrainingError   # pylint: disable=import-outside-toplevel
     overrides = {k: getattr(args, k) for k in _OVERRIDES if getattr(args, k) is not None}
     try:
         if args.engine == "mindformers":
@@ -67,7 +72,7 @@ def train_main(argv: list[str] | None = None) -> int:
             run_yaml(args.config, overrides)
             return 0
         return _train_native(args.config, overrides)
-    except (ConfigError, ConvertError) as exc:
+    except (ConfigError, ConvertError, TrainingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -13,6 +13,7 @@ order is a function of the step) is in the checkpoint, so a resumed run repeats 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -23,7 +24,7 @@ from . import checkpoint as ckpt
 from .amp import LossScaler, apply_amp, model_config_for_amp, resolve_amp_level
 from .batches import BatchSchedule, iterate_batches
 from .logs import StepLogger, flops_per_token, peak_tflops
-from .optim import AdamW, learning_rate
+from .optim import AdamW, learning_rate, warmup_steps
 from .step import build_steps
 
 # model_config keys that configure MindFormers' registry or our AMP, not the architecture
@@ -51,11 +52,23 @@ def load_run(yaml_path: str):
 def load_weights_file(network, path: str) -> None:
     """A single .ckpt / .safetensors of model weights (names as ours = the official MindSpore port's)."""
     import mindspore as ms   # pylint: disable=import-outside-toplevel
-    params = ms.load_checkpoint(path, format="safetensors" if path.endswith(".safetensors") else "ckpt")
+    try:
+        params = ms.load_checkpoint(path, format="safetensors" if path.endswith(".safetensors") else "ckpt")
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise ConfigError(f"{path}: cannot read model weights ({_first_line(exc)})") from None
+    ckpt.check_shapes(path, network.parameters_dict(), params)
     missing, unused = ms.load_param_into_net(network, params, strict_load=True)
     if missing or unused:
         raise ConfigError(f"{path}: weights do not match the model: {len(missing)} missing (e.g. {missing[:2]}), "
                           f"{len(unused)} unexpected (e.g. {unused[:2]})")
+
+
+def _first_line(exc: BaseException) -> str:
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (non-finite loss at loss scale 1, too many skipped steps): the CLI prints one line."""
 
 
 @dataclass
@@ -73,6 +86,7 @@ class Trainer:
         self.printer = printer
         self.model_overrides = dict(model_overrides or {})
         self._check_parallel(parallel or {})
+        self._check_paths()
         self.rank, self.data_parallel = self._init_context()
         self.files, rows, row_length = self._dataset()
         self.resume_from = ckpt.resolve_resume(config.resume_training, config.load_checkpoint, config.output_dir) \
@@ -86,11 +100,15 @@ class Trainer:
         self.schedule = BatchSchedule(rows, config.batch_size, accumulation, self.data_parallel, self.rank,
                                       config.seed, config.shuffle)
         self.schedule.check(config.dataset_dir)
-        self.end_step = config.epochs * self.schedule.steps_per_epoch
-        if config.stop_step > 0:
-            self.end_step = min(self.end_step, config.stop_step)
+        # the lr schedule spans the whole run; stop_step only ends this process early (a sliced job resumed
+        # later repeats the lr of the uninterrupted run)
+        self.total_steps = config.epochs * self.schedule.steps_per_epoch
+        learning_rate(config.lr_schedule, 0, self.total_steps)      # warmup > total_steps fails here, not later
+        self.end_step = min(self.total_steps, config.stop_step) if config.stop_step > 0 else self.total_steps
         self.scaler = LossScaler.from_config(config.loss_scale, self.amp_level, config.device_target)
         self.start_step = self._restore() if self.resume_from else 0
+        if config.overwrite_output_dir and self.rank == 0:
+            self._clear_output_dir()
         tokens = config.batch_size * accumulation * (row_length - 1)
         self.logger = StepLogger(config.output_dir if self.rank == 0 else None, self.end_step, tokens,
                                  flops_per_token(self.model_config, row_length - 1),
@@ -98,6 +116,36 @@ class Trainer:
                                  append=self.resume_from is not None)
 
     # ----- setup -----
+    def _checkpoint_root(self) -> str:
+        return os.path.join(self.config.output_dir, "checkpoint")
+
+    def _check_paths(self) -> None:
+        """A missing load_checkpoint names itself; a fresh run never writes into an earlier run's checkpoints
+        (its keep-K rotation would delete them, or its own steps, and `latest` would mix the two runs)."""
+        load, root = self.config.load_checkpoint, self._checkpoint_root()
+        if load and not os.path.exists(load):
+            raise ConfigError(f"load_checkpoint: {load}: no such file or directory")
+        steps = ckpt.step_dirs(root)
+        if not steps or self.config.resume_training:
+            return
+        if self.config.overwrite_output_dir:
+            inside = os.path.realpath(load) + os.sep if load else ""
+            if inside.startswith(os.path.realpath(root) + os.sep):
+                raise ConfigError(f"load_checkpoint {load} lies in {root}, which overwrite_output_dir would "
+                                  "delete; copy it elsewhere first")
+            return
+        newest = os.path.basename(steps[-1][1])
+        raise ConfigError(f"{root} already holds checkpoints of an earlier run ({len(steps)} step directories, "
+                          f"newest {newest}); pass --resume_training to continue it, another --output_dir for a "
+                          "new run, or --overwrite_output_dir to delete them and start over")
+
+    def _clear_output_dir(self) -> None:
+        root = self._checkpoint_root()
+        count = len(ckpt.step_dirs(root))
+        if count:
+            ckpt.clear(root)
+            self.printer(f"overwrite_output_dir: deleted {count} step directories of an earlier run in {root}")
+
     def _check_parallel(self, parallel: dict) -> None:
         sharded = {k: v for k, v in parallel.items()
                    if k in ("model_parallel", "pipeline_stage", "expert_parallel", "context_parallel")
@@ -130,12 +178,24 @@ class Trainer:
     def _dataset(self) -> tuple[list[str], int, int]:
         from ..data.dataset import mindrecord_files, row_length   # pylint: disable=import-outside-toplevel
         import mindspore.dataset as ds   # pylint: disable=import-outside-toplevel
-        if not self.config.dataset_dir:
+        path = self.config.dataset_dir
+        if not path:
             raise ConfigError(f"{self.config.source}: train_dataset.data_loader.dataset_dir is empty "
                               "(set it or pass --train_dataset)")
-        files = mindrecord_files(self.config.dataset_dir)
-        length = row_length(self.config.dataset_dir)
-        rows = ds.MindDataset(files, columns_list=["input_ids"], shuffle=False).get_dataset_size()
+        if path.endswith(".db") and os.path.isfile(path[:-3]):
+            raise ConfigError(f"{path}: this is the index file of a MindRecord; pass {path[:-3]} (without .db)")
+        files = mindrecord_files(path)
+        # MindSpore raises RuntimeErrors from deep inside its reader for anything that is not a MindRecord
+        for file in files:
+            if not os.path.isfile(file + ".db"):
+                raise ConfigError(f"{file}: not a MindRecord file (no {os.path.basename(file)}.db index beside it); "
+                                  "write the dataset with `telechat-ms preprocess`")
+        try:
+            length = row_length(path)
+            rows = ds.MindDataset(files, columns_list=["input_ids"], shuffle=False).get_dataset_size()
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise ConfigError(f"{path}: not a MindRecord dataset written by `telechat-ms preprocess` "
+                              f"({_first_line(exc)})") from None
         return files, rows, length
 
     def _model_config(self) -> tuple[TelechatConfig, str | None]:
@@ -148,6 +208,9 @@ class Trainer:
         if self.config.run_mode == "finetune" and not self.config.load_checkpoint:
             raise ConfigError(f"{self.config.source}: run_mode finetune needs load_checkpoint (a directory written "
                               "by convert/hf2ms.py or a training checkpoint); use run_mode train for random weights")
+        if base_dir and os.path.isdir(base_dir) and not self.model_overrides:
+            raise ConfigError(f"load_checkpoint: {base_dir}: no {MODEL_CONFIG} in this directory (expected a "
+                              "converted model directory or a step_* training checkpoint)")
         if not self.model_overrides:
             raise ConfigError(f"{self.config.source}: no model.model_config and no model directory in load_checkpoint")
         return TelechatConfig.from_dict(self.model_overrides, f"{self.config.source}: model.model_config"), None
@@ -180,16 +243,26 @@ class Trainer:
         state = ckpt.restore(self.resume_from, self.network, self.optimizer)
         saved = state.get("schedule", {})
         mine = self._schedule_state()
-        if saved != mine:
-            raise ConfigError(f"{self.resume_from}: saved with data schedule {saved}, this run has {mine}; "
-                              "resume needs the same dataset, seed, shuffle and global batch")
+        # keys a checkpoint of an older version lacks cannot be compared
+        diffs = [f"{key}: checkpoint {saved[key]!r}, this run {value!r}" for key, value in mine.items()
+                 if key in saved and saved[key] != value]
+        if diffs:
+            raise ConfigError(f"{self.resume_from}: this run's schedule differs from the checkpoint's "
+                              f"({'; '.join(diffs)}); resume needs the same dataset, seed, shuffle, global batch, "
+                              "epochs and lr_schedule (total_steps -1 spans epochs x steps per epoch). Start a new "
+                              "run in another output_dir to change them")
         self.scaler.load_state(state["loss_scale"])
         self.printer(f"resumed from {self.resume_from} at step {state['step']} (loss scale {self.scaler.value:g})")
         return int(state["step"])
 
     def _schedule_state(self) -> dict:
-        s = self.schedule
-        return {"num_rows": s.num_rows, "global_batch": s.global_batch, "seed": s.seed, "shuffle": s.shuffle}
+        """What fixes the rows and the lr of every step (saved in each checkpoint, compared on resume)."""
+        s, lr = self.schedule, self.config.lr_schedule
+        total = lr.total_steps if lr.total_steps > 0 else self.total_steps
+        return {"num_rows": s.num_rows, "global_batch": s.global_batch, "seed": s.seed, "shuffle": s.shuffle,
+                "epochs": self.config.epochs, "total_steps": total, "warmup_steps": warmup_steps(lr, total),
+                "lr_schedule": lr.type, "learning_rate": lr.learning_rate, "lr_end": lr.lr_end,
+                "warmup_lr_init": lr.warmup_lr_init, "num_cycles": lr.num_cycles}
 
     # ----- loop -----
     def train(self, max_steps: int | None = None) -> TrainResult:
@@ -197,23 +270,56 @@ class Trainer:
         from mindspore import Tensor   # pylint: disable=import-outside-toplevel
         end = self.end_step if max_steps is None else min(self.end_step, self.start_step + max_steps)
         result = TrainResult(self.start_step, end)
+        if self.start_step >= self.end_step:
+            self.printer(f"nothing to do: resumed at step {self.start_step}, at or past the end of this run "
+                         f"({self._end_reason()}); the checkpoint is unchanged")
+            result.checkpoint = self.resume_from
+            return result
         self.printer(self.describe())
         self.logger.start()
+        skipped = 0
         for step, batches in iterate_batches(self.files, self.schedule, self.start_step, end):
-            lr = learning_rate(self.config.lr_schedule, step, self.end_step)
+            lr = learning_rate(self.config.lr_schedule, step, self.total_steps)
             scale = self.scaler.value
             loss, finite, norm = self.run_step([tuple(Tensor(c) for c in batch) for batch in batches], scale, lr)
             self.scaler.update(finite)
+            skipped = 0 if finite else skipped + 1
             done = step + 1
             show = done % self.config.log_interval == 0 or done == end
             record = self.logger.log(done, loss, lr, scale, norm if finite else float("nan"), finite,
                                      self.scaler.value, show)
             result.losses.append(loss)
             result.records.append(record)
+            self._check_progress(done, loss, scale, skipped)
             if done % self.config.checkpoint.save_checkpoint_steps == 0 or done == self.end_step:
-                result.checkpoint = self.save(done)
+                if math.isfinite(loss):
+                    result.checkpoint = self.save(done)
+                else:     # the weights or this step's rows are non-finite: keep the last good checkpoint
+                    self.printer(f"not saving step {done}: its loss is {loss}")
         self.start_step = end
         return result
+
+    def _end_reason(self) -> str:
+        spe = self.schedule.steps_per_epoch
+        if 0 < self.config.stop_step < self.total_steps:
+            return f"stop_step {self.config.stop_step}"
+        return f"epochs {self.config.epochs} x {spe} steps per epoch = {self.total_steps} steps"
+
+    def _check_progress(self, done: int, loss: float, scale: float, skipped: int) -> None:
+        """Stop a run that cannot recover: a non-finite loss when the loss scale cannot be lowered (it only
+        scales gradients, so it never cures a non-finite forward), or too many skipped steps in a row."""
+        if not math.isfinite(loss) and (scale <= 1 or not self.scaler.dynamic):
+            raise TrainingError(f"step {done}: loss {loss} at loss scale {scale:g} (nothing left to lower): the "
+                                "weights or this step's data hold non-finite values, or the run diverged; "
+                                f"stopped without saving (last checkpoint: {self._last_checkpoint()})")
+        limit = self.config.max_consecutive_skips
+        if skipped >= limit:
+            raise TrainingError(f"step {done}: {skipped} consecutive steps skipped for non-finite gradients (loss "
+                                f"{loss}, loss scale now {self.scaler.value:g}); stopped at max_consecutive_skips "
+                                f"{limit} (last checkpoint: {self._last_checkpoint()})")
+
+    def _last_checkpoint(self) -> str:
+        return ckpt.latest(self._checkpoint_root()) or "none"
 
     def save(self, step: int) -> str | None:
         """Rank 0 writes (data-parallel ranks hold identical state)."""
@@ -232,4 +338,5 @@ class Trainer:
                 f"(compute {self.model_config.compute_dtype}) | steps {self.start_step}->{self.end_step} | "
                 f"global batch {s.global_batch} = {c.batch_size} x accum {c.gradient_accumulation_steps} x "
                 f"dp {self.data_parallel} | {s.num_rows} rows, {s.steps_per_epoch} steps/epoch | "
+                f"lr schedule over {self._schedule_state()['total_steps']} steps | "
                 f"loss scale {self.scaler.value:g}{' dynamic' if self.scaler.dynamic else ''}")
