@@ -224,9 +224,9 @@ def test_ckpt_directory_round_trip(tmp_path):
     config = TelechatConfig.preset("tiny_moe")
     source = write_hf_checkpoint(str(tmp_path / "hf"), config, "bin_sharded", router_key="gate")
     convert_hf_to_ms(str(tmp_path / "hf"), str(tmp_path / "ms"), fmt="ckpt")
-    assert sorted(os.listdir(tmp_path / "ms")) == ["convert_meta.json", "generation_config.json", "hf_config.json",
-                                                   "model.ckpt", "model_config.yaml", "tokenizer.model",
-                                                   "tokenizer_config.json"]
+    assert sorted(os.listdir(tmp_path / "ms")) == ["checksums.sha256", "convert_meta.json", "generation_config.json",
+                                                   "hf_config.json", "model.ckpt", "model_config.yaml",
+                                                   "tokenizer.model", "tokenizer_config.json"]
     assert (tmp_path / "ms/hf_config.json").read_bytes() == (tmp_path / "hf/config.json").read_bytes()
     convert_ms_to_hf(str(tmp_path / "ms"), str(tmp_path / "back"))
     assert_same_hf(str(tmp_path / "back"), source)

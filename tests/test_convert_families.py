@@ -128,6 +128,9 @@ def write_hf(directory, config_text: str, state: dict, layout: str = "single"):
         fh.write(config_text)
     with open(os.path.join(directory, "tokenizer_config.json"), "w", encoding="utf-8") as fh:
         json.dump({"tokenizer_class": "X"}, fh)
+    for name, text in (("vocab.json", '{"a": 0}'), ("merges.txt", "#version: 0.2\n"), ("added_tokens.json", "{}")):
+        with open(os.path.join(directory, name), "w", encoding="utf-8") as fh:    # Aquila2's BPE files
+            fh.write(text)
     if layout == "bin":
         torch.save(state, os.path.join(directory, "pytorch_model.bin"))
     elif layout == "single":
@@ -268,7 +271,8 @@ def test_round_trip_is_bit_exact_in_the_family_layout(converted, case):
     assert_tensors_equal(load_safetensors_dir(str(c["back"]))[0], c["state"])
     assert (c["back"] / "config.json").read_bytes() == (c["src"] / "config.json").read_bytes()
     assert (c["mid"] / "hf_config.json").read_bytes() == (c["src"] / "config.json").read_bytes()
-    assert (c["back"] / "tokenizer_config.json").exists()
+    for name in ("tokenizer_config.json", "vocab.json", "merges.txt", "added_tokens.json"):
+        assert (c["back"] / name).read_bytes() == (c["mid"] / name).read_bytes() == (c["src"] / name).read_bytes()
     assert any("the source's" in note for note in c["report"].notes)
 
 

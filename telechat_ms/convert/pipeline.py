@@ -21,7 +21,7 @@ from ..families.hf_config import read_hf_json
 from ..io.checkpoint import HF_CONFIG, META, MODEL_CONFIG
 from ..io.dtypes import BY_NAME, OUTPUT_DTYPES, parse_size
 from ..io.errors import ConvertError
-from ..io.output import check_destination, copy_side_files, staged_output, write_json
+from ..io.output import TOKENIZER_FILES, check_destination, copy_side_files, staged_output, write_json
 from ..io.sources import open_hf, open_ms
 from ..io.virtual import Virtual
 from ..io.writer import DEFAULT_CHUNK_BYTES, output_dtypes, write_ckpt, write_safetensors
@@ -31,6 +31,10 @@ from .names import table
 from .views import hf_outputs, hf_view, ms_outputs, ms_view
 
 FORMATS = ("safetensors", "ckpt")
+# tokenizer files copied beside the weights: the SentencePiece / tokenizer.json ones, plus the GPT-2 BPE pair and
+# added tokens of Aquila2-style checkpoints
+SIDE_FILES = TOKENIZER_FILES + tuple(n for n in ("vocab.json", "merges.txt", "added_tokens.json")
+                                     if n not in TOKENIZER_FILES)
 
 
 @dataclass
@@ -96,7 +100,7 @@ def _write_ms(source, items, config, dst, opts: dict, side_dirs, meta: dict, kee
             written = write_safetensors(out, items, source, dtype, opts["max_bytes"], {"format": "ms"},
                                         opts["chunk_bytes"], bar)
         _with_param_dtype(config, items, dtype).to_yaml(os.path.join(out, MODEL_CONFIG))
-        copied = copy_side_files(side_dirs, out)
+        copied = copy_side_files(side_dirs, out, SIDE_FILES)
         write_json(os.path.join(out, META), {**meta, "format": opts["fmt"], "dtype": dtype})
     return ConvertReport(dst, len(items), written.total_size,
                          written.files + [MODEL_CONFIG, META] + kept + copied, time.perf_counter() - start,
@@ -268,6 +272,6 @@ def convert_ms_to_hf(src: str, dst: str, *, config: str | None = None, family: s
             else:
                 write_json(os.path.join(out, HF_CONFIG), stored.to_hf_config())
             side = [_src_dir(src), config_dir]
-            copied = copy_side_files(side, out)
+            copied = copy_side_files(side, out, SIDE_FILES)
     return ConvertReport(dst, len(items), written.total_size, written.files + [HF_CONFIG] + copied,
                          time.perf_counter() - start, dropped, copied, [note])
