@@ -226,3 +226,103 @@ def test_cli_emit_yaml_unwritable_is_one_error_line(tmp_path, monkeypatch, capsy
     assert len(err) == 1 and "No space left on device" in err[0] and str(target) in err[0]
     monkeypatch.setattr(os, "fdopen", real_fdopen)
     assert os.listdir(tmp_path) == []                                  # no partial file, no temp file
+
+
+# ----------------------------------------------------------------------------- families (issue 10)
+from telechat_ms.config.model import PRESETS                        # noqa: E402
+from telechat_ms.parallel.inference import cache_tokens_of, estimate_inference   # noqa: E402
+from telechat_ms.parallel.memory import edge_params, layer_params, logits_bytes  # noqa: E402
+
+YAMLS = os.path.join(os.path.dirname(__file__), "..", "yaml_configs")
+FAMILY_DIRS = ("telechat1", "telechat52b", "teleflm", "aquila2", "llama2", "firefly")
+
+
+def _held(config, par):
+    """Parameters held per device summed over the stages (what the states are computed from)."""
+    from telechat_ms.parallel.pipeline import stage_layers
+    dense, expert, replicated = layer_params(config, par)
+    pp = par.pipeline_stage
+    counts = [sum(chunk[s] for chunk in stage_layers(config.num_layers, par)) for s in range(pp)]
+    return sum(n * (dense + expert + replicated) + edge_params(config, par, s == 0, s == pp - 1)
+               for s, n in enumerate(counts))
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_memory_counts_the_family_parameters_exactly(name):
+    """Biases only where the family has them, the tied lm_head once: at mp 1 / pp 1 the planner holds exactly
+    config.num_parameters()."""
+    config = TelechatConfig.preset(name)
+    assert _held(config, ParallelConfig()) == config.num_parameters()
+
+
+def test_tied_table_is_held_once_per_end_stage():
+    """TeleChat v1 7B: one table on a single stage; with pp > 1 the embedding (stage 0) and the lm_head (last
+    stage) each hold the shared Parameter (MindSpore keeps a shared parameter on every stage that reads it)."""
+    tied, untied = TelechatConfig.preset("telechat1_7b"), TelechatConfig.preset("telechat1_7b", tie_word_embeddings=False)
+    table = tied.vocab_size * tied.hidden_size
+    one = ParallelConfig()
+    assert _held(untied, one) - _held(tied, one) == table
+    two = ParallelConfig(pipeline_stage=2, micro_batch_num=2)
+    assert _held(untied, two) == _held(tied, two)
+    assert edge_params(tied, ParallelConfig(model_parallel=2, vocab_emb_dp=False), True, True) == table / 2 + tied.hidden_size
+
+
+def test_logit_multiplier_costs_one_more_fp32_logits_copy():
+    flm = TelechatConfig.preset("flm2_52b")
+    plain = TelechatConfig.preset("flm2_52b", logit_multiplier=1.0)
+    par, work = ParallelConfig(model_parallel=8, vocab_emb_dp=False), Workload(seq_len=2048)
+    extra = logits_bytes(flm, par, work) - logits_bytes(plain, par, work)
+    assert extra == 2048 * 80896 / 8 * 4
+
+
+def test_cli_aquila2_34b_on_one_node_does_not_fit_but_two_nodes_do(capsys):
+    """33.7B params x 16 B of weights, gradients and AdamW states = 539 GB: 67 GB per device on 8 devices
+    whatever the split, so nothing fits one node; 16 devices fit, and the mp 8 layout (48 heads / 8 kv heads:
+    one kv head per rank) validates. Sequence length defaults to the preset's (4096)."""
+    assert main("--model aquila2_34b --devices 8".split()) == 1
+    out = capsys.readouterr().out
+    assert "no layout of 8 devices fits 64 GB" in out and "closest: dp1 mp8 pp1" in out
+    assert main("--model aquila2_34b --devices 16 --dp 1 --mp 8 --pp 2".split()) == 0
+    out = capsys.readouterr().out
+    assert "aquila2 33.69B params, seq 4096" in out and "FITS" in out and "sharded ops valid" in out
+    assert main("--model aquila2_34b --devices 16 --no-validate".split()) == 0
+    assert "FITS" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path", sorted(os.path.join(d, f) for fam in FAMILY_DIRS
+                                        for d in [os.path.join(YAMLS, fam)] for f in os.listdir(d)
+                                        if f.endswith(".yaml")), ids=os.path.basename)
+def test_cli_judges_every_family_yaml_fitting(path, capsys):
+    """Finetune yamls: the training estimate; predict yamls (run_mode predict): weights + KV cache + prefill.
+    (Their strategies are validated in tests/test_parallel_yaml.py.)"""
+    assert main(["--config", path, "--no-validate"]) == 0
+    out = capsys.readouterr().out
+    assert "FITS" in out and "DOES NOT FIT" not in out
+    if os.path.basename(path).startswith("predict_"):
+        assert "no gradients or optimizer states" in out
+
+
+@pytest.mark.parametrize("size,devices", [("7b", 1), ("35b", 2), ("115b", 8)])
+def test_official_predict_yamls_fit_as_inference(size, devices, capsys):
+    """The official predict layouts (spec §8: 7B on 1 NPU, 35B mp 2, 115B mp 8, fp16) fit once judged as
+    inference (the training estimate would add gradients and AdamW states)."""
+    path = os.path.join(YAMLS, f"predict_telechat2_{size}.yaml")
+    assert main(["--config", path, "--no-validate"]) == 0
+    assert f"({devices} devices)" in capsys.readouterr().out
+
+
+def test_inference_estimate_terms():
+    """fp16 weights split by mp, KV cache = tokens x 2 x layers x kv heads x head_dim / mp x 2 B; 115B does
+    not fit one device (227 GB of fp16 weights)."""
+    config = TelechatConfig.preset("115b", compute_dtype="float16", param_dtype="float16")
+    work, hw = Workload(seq_len=8192), Hardware(hbm_gb=58)
+    par = ParallelConfig(model_parallel=8, vocab_emb_dp=False)
+    est = estimate_inference(config, par, work, hw, cache_tokens=8192)
+    stage = est.stages[0]
+    assert stage.params == pytest.approx(config.num_parameters() / 8, rel=0.01)
+    assert stage.weights_gb == pytest.approx(stage.params * 2 / 1e9)
+    assert stage.cache_gb == pytest.approx(8192 * 2 * 96 * 8 * 128 / 8 * 2 / 1e9)
+    assert est.fits
+    assert not estimate_inference(config, ParallelConfig(), work, hw, 8192).fits
+    assert cache_tokens_of({"model": {"model_config": {"block_size": 16, "num_blocks": 512}}}, 1, 100) == 8192
+    assert cache_tokens_of({}, 2, 4096) == 8192

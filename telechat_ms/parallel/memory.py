@@ -87,21 +87,29 @@ class LayoutEstimate:
 
 # ----------------------------------------------------------------------------- parameters
 def layer_params(config, parallel) -> tuple[float, float, float]:
-    """(split-by-mp, expert, replicated) parameter counts per device of one decoder layer."""
+    """(split-by-mp, expert, replicated) parameter counts per device of one decoder layer (at mp = 1 their sum
+    is config.num_parameters()'s per-layer count: the out-projection biases only where the family has them)."""
     h, f, hd = config.hidden_size, config.ffn_hidden_size, config.head_dim
     mp = parallel.model_parallel
-    attn = h * h + 2 * config.num_kv_heads * hd * h + h * h
-    replicated = h + 2 * h                                  # dense bias (added after the reduction), 2 norms
+    q = config.num_heads * hd
+    attn = q * h + 2 * config.num_kv_heads * hd * h + h * q
+    # norms, and the row-parallel biases (added once after the reduction, so replicated)
+    replicated = 2 * h + h * config.attention_out_bias
     if not config.is_moe:
-        return (attn + 3 * h * f) / mp, 0.0, replicated
+        return (attn + 3 * h * f) / mp, 0.0, replicated + h * config.mlp_out_bias
     experts = config.num_experts * (3 * h * f + h) / (parallel.expert_parallel * mp)   # same count with or without ep_extend_tp
     return attn / mp, experts, replicated + config.num_experts * h
 
 
 def edge_params(config, parallel, first: bool, last: bool) -> float:
+    """Embedding table (+ its norm) on the first stage; final norm and lm_head on the last. A tied lm_head is
+    the embedding Parameter: one copy when both ends share a stage, otherwise each end stage holds one (the
+    MindSpore pipeline keeps a shared parameter on every stage that reads it)."""
     split = 1 if parallel.vocab_emb_dp else parallel.model_parallel
-    table = config.vocab_size * config.hidden_size / split
-    return (table if first else 0.0) + (table + config.hidden_size if last else 0.0)
+    h = config.hidden_size
+    table = config.vocab_size * h / split
+    head = 0.0 if (config.tie_word_embeddings and first) else table
+    return (table + h * config.embed_layernorm if first else 0.0) + (head + h if last else 0.0)
 
 
 def optimizer_shards(parallel, expert: bool) -> int:
@@ -159,8 +167,10 @@ def in_flight(parallel, stage: int) -> float:
 
 
 def logits_bytes(config, parallel, work: Workload) -> float:
+    """16-bit head output + 3 fp32 copies in the loss, + 1 fp32 copy from the logit multiplier (Tele-FLM)."""
     split = 1 if parallel.vocab_emb_dp else parallel.model_parallel
-    return work.micro_batch_size * work.seq_len * config.vocab_size / split * (2 + 3 * 4)
+    fp32_copies = 3 + (config.logit_multiplier != 1.0)
+    return work.micro_batch_size * work.seq_len * config.vocab_size / split * (2 + fp32_copies * 4)
 
 
 # ----------------------------------------------------------------------------- FLOPs and time (estimate)

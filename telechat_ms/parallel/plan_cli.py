@@ -19,6 +19,7 @@ import yaml
 from ..config.base import ConfigError, atomic_write_text
 from ..config.model import PRESETS, TelechatConfig
 from ..config.parallel import ParallelConfig
+from .inference import plan_predict
 from .memory import Hardware, Workload, model_flops_per_token
 from .planner import Plan, closest, evaluate, solve
 from . import run_yaml
@@ -137,7 +138,7 @@ def _explicit_layout(args, run, config) -> ParallelConfig | None:
 def _settings(args, run):
     # flags were checked (check_args): None is the only "unset"
     seq = args.seq_len if args.seq_len is not None else (
-        run_yaml.model_config_of(run).seq_length if run is not None else 8192)
+        run_yaml.model_config_of(run).seq_length if run is not None else TelechatConfig.preset(args.model).seq_length)
     mbs = args.micro_batch_size if args.micro_batch_size is not None else (
         run_yaml.micro_batch_size(run) if run is not None else 1)
     hbm = args.hbm_gb if args.hbm_gb is not None else (
@@ -181,9 +182,9 @@ def emit_yaml(path: str, plan: Plan, hw: Hardware, config) -> None:
 
 def _validate(config, par: ParallelConfig, work: Workload) -> str:
     from ..model import Kernels   # pylint: disable=import-outside-toplevel
+    from .strategies import shard_model   # pylint: disable=import-outside-toplevel
     from .validate import build_abstract_model, validate   # pylint: disable=import-outside-toplevel
-    model = build_abstract_model(config, Kernels.for_device("Ascend"))
-    model.shard(par)
+    model = shard_model(build_abstract_model(config, Kernels.for_device("Ascend")), par)
     batch = par.data_parallel * work.micro_batch_size * par.micro_batch_num
     report = validate(model, par, batch, work.seq_len)
     return f"static validation (Ascend kernels): {len(report.ops)} sharded ops valid for batch {batch}, seq {work.seq_len}"
@@ -194,6 +195,8 @@ def run(args) -> int:
     run_cfg = run_yaml.load_run_yaml(args.config) if args.config else None
     config = _model(args, run_cfg)
     work, hw = _settings(args, run_cfg)
+    if run_cfg is not None and run_cfg.get("run_mode") == "predict":      # inference: no optimizer states
+        return plan_predict(config, run_cfg, args.config, work, hw, validate=not args.no_validate)
     layout = _explicit_layout(args, run_cfg, config)
     if layout is not None:
         if args.devices is not None and args.devices != layout.device_num:
@@ -214,7 +217,7 @@ def run(args) -> int:
         for p in plans:
             print(f"  {p.parallel.describe():45} {p.estimate.tokens_per_device_s:7.0f}  peak {p.estimate.peak_gb:.1f} GB")
         plan = plans[0]
-    print(f"TeleChat2 {config.num_parameters() / 1e9:.2f}B params, seq {work.seq_len}, micro batch "
+    print(f"{config.family} {config.num_parameters() / 1e9:.2f}B params, seq {work.seq_len}, micro batch "
           f"{work.micro_batch_size}")
     print(format_plan(config, plan, work, hw))
     if not args.no_validate:
