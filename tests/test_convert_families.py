@@ -445,3 +445,28 @@ def test_ms2hf_with_an_hf_config_json_detects_the_family(converted, tmp_path):
     convert_ms_to_hf(str(tmp_path / "train.safetensors"), str(tmp_path / "back"), config=str(c["src"] / "config.json"))
     assert (tmp_path / "back/config.json").read_bytes() == (c["src"] / "config.json").read_bytes()
     assert_tensors_equal(load_safetensors_dir(str(tmp_path / "back"))[0], c["state"])
+
+
+def test_transposed_sources_are_read_once_per_output_tensor(converted, tmp_path, monkeypatch):
+    """The per-head pieces of wk_v come from one read of c_attn's k|v columns, not one read per head."""
+    from telechat_ms.io.sources import Source
+    read = {}
+    original = Source.read
+
+    def counting(self, key, start, stop):
+        read[key] = read.get(key, 0) + stop - start
+        return original(self, key, start, stop)
+    monkeypatch.setattr(Source, "read", counting)
+    c = converted["telechat52b_causal_mask"]
+    convert_hf_to_ms(str(c["src"]), str(tmp_path / "ms"), dtype="bfloat16", chunk_bytes=4096)
+    numel = {k: v.numel() for k, v in c["state"].items()}
+    for key, count in read.items():
+        # c_attn -> wq, wk_v and c_fc -> w1, w3: two whole reads; every other tensor (and buffer, to record it) one
+        times = 2 if key.endswith(("c_attn.weight", "c_fc.weight")) else 1
+        assert count == times * numel[key], (key, count, numel[key])
+    assert len(read) == len(numel)
+
+
+def test_ms2hf_family_must_match_the_model_config(converted, tmp_path):
+    with pytest.raises(ConvertError, match="--family 'llama2' contradicts the config, which is family 'teleflm'"):
+        convert_ms_to_hf(str(converted["teleflm"]["mid"]), str(tmp_path / "x"), family="llama2")
