@@ -326,3 +326,22 @@ def test_inference_estimate_terms():
     assert not estimate_inference(config, ParallelConfig(), work, hw, 8192).fits
     assert cache_tokens_of({"model": {"model_config": {"block_size": 16, "num_blocks": 512}}}, 1, 100) == 8192
     assert cache_tokens_of({}, 2, 4096) == 8192
+
+
+def test_solver_considers_pipeline_sizes_that_do_not_divide_the_layers():
+    """Aquila2-34B has 60 layers: pp 8 (7/8 layers per stage) is a candidate, its offsets solved (before, a
+    pp not dividing num_layers failed the offset-0 layout check and was silently skipped)."""
+    from telechat_ms.parallel.planner import candidate_layouts
+    config = TelechatConfig.preset("aquila2_34b", compute_dtype="bfloat16")
+    work = Workload(seq_len=4096)
+    pps = {p.pipeline_stage for p in candidate_layouts(config, 32, work, Hardware(), {"seq_len": 4096})}
+    assert {8, 16} <= pps
+    plans = solve(config, 32, work, Hardware(hbm_gb=58), {"pp": 8})
+    assert plans and all(sum(s.layers for s in p.estimate.stages) == 60 for p in plans)
+    assert _validate_config(config, plans[0].parallel, 4096).ops
+
+
+def _validate_config(config, par, seq):
+    from telechat_ms.parallel.strategies import shard_model
+    net = shard_model(build_abstract_model(config, Kernels.for_device("Ascend")), par)
+    return validate(net, par, par.data_parallel * par.micro_batch_num, seq)

@@ -148,10 +148,18 @@ def candidate_layouts(config, devices: int, work: Workload, hw: Hardware, fixed:
     return out
 
 
+def _even_offset(num_layers: int, pp: int):
+    """Offsets that make pp stages add up to num_layers (the remainder on the last stages), so that a pp not
+    dividing the layer count (Aquila2-34B: 60 layers, pp 8) is still a candidate; solve_stages re-solves them."""
+    extra = num_layers % pp
+    return [0] * (pp - extra) + [1] * extra if extra else 0
+
+
 def _layout(config, dp, mp, pp, ep, fixed) -> ParallelConfig | None:
     mbn = fixed.get("micro_batch_num") or (4 * pp if pp > 1 else 1)
     try:
         parallel = ParallelConfig(
+            offset=_even_offset(config.num_layers, pp),
             data_parallel=dp, model_parallel=mp, pipeline_stage=pp, expert_parallel=ep, micro_batch_num=max(mbn, pp),
             use_seq_parallel=mp > 1 and fixed.get("seq_parallel", True), vocab_emb_dp=mp == 1,
             ep_extend_tp=config.is_moe and fixed.get("ep_extend_tp", True),
