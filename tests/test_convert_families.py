@@ -470,3 +470,30 @@ def test_transposed_sources_are_read_once_per_output_tensor(converted, tmp_path,
 def test_ms2hf_family_must_match_the_model_config(converted, tmp_path):
     with pytest.raises(ConvertError, match="--family 'llama2' contradicts the config, which is family 'teleflm'"):
         convert_ms_to_hf(str(converted["teleflm"]["mid"]), str(tmp_path / "x"), family="llama2")
+
+
+def _copy_ms(c, tmp_path):
+    import shutil
+    mid = tmp_path / "ms"
+    shutil.copytree(c["mid"], mid)
+    return mid, read_meta(mid)
+
+
+def _write_meta(mid, meta):
+    with open(mid / "convert_meta.json", "w", encoding="utf-8") as fh:
+        json.dump(meta, fh)
+
+
+def test_meta_from_an_older_version_and_a_corrupt_buffer_record(converted, tmp_path):
+    c = converted["llama2_gqa_inv_freq"]
+    mid, meta = _copy_ms(c, tmp_path)
+    del meta["hf_config_describes"]["embedding_multiplier"]     # a field this meta's writer did not know yet
+    _write_meta(mid, meta)
+    report = convert_ms_to_hf(str(mid), str(tmp_path / "back"))
+    assert any("the source's" in note for note in report.notes)
+    assert (tmp_path / "back/config.json").read_bytes() == (c["src"] / "config.json").read_bytes()
+    meta["hf_buffers"][0]["hex"] = "zz"
+    _write_meta(mid, meta)
+    with pytest.raises(ConvertError, match=r"convert_meta.json: invalid hf_buffers record .*ValueError"):
+        convert_ms_to_hf(str(mid), str(tmp_path / "back2"))
+    assert not (tmp_path / "back2").exists()

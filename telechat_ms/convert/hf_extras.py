@@ -62,23 +62,32 @@ def _encode(data: np.ndarray, info) -> dict:
                        "nor a causal 0/1 mask: cannot be recorded for re-creation")
 
 
-def buffer_constants(records: list[dict], table) -> tuple[ArraySource, dict[str, str]]:
+def buffer_constants(records: list[dict], table, source: str) -> tuple[ArraySource, dict[str, str]]:
     """The recorded buffers as in-memory tensors under internal keys, and {HF key: internal key}."""
     arrays, dtypes, names = {}, {}, {}
     for record in records:
-        storage, shape = BY_NAME[record["dtype"]].storage, tuple(record["shape"])
-        if "hex" in record:
-            value = np.frombuffer(bytes.fromhex(record["hex"]), dtype=storage).reshape(shape)
-        else:
-            value = np.tri(shape[-1], dtype=storage).reshape(shape)                # (n, n) -> (1, .., n, n)
+        try:
+            value = _decode(record)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConvertError(f"{source}: invalid hf_buffers record {record!r} ({type(exc).__name__}: {exc})") \
+                from None
         internal = "\0buffer:" + record["template"]
         arrays[internal], dtypes[internal] = value, record["dtype"]
         for layer in record["layers"]:
             if layer >= table.num_layers:
-                raise ConvertError(f"convert_meta.json: buffer {record['template']} recorded for layer {layer}, "
+                raise ConvertError(f"{source}: buffer {record['template']} recorded for layer {layer}, "
                                    f"but the model has {table.num_layers} layers")
             names[record["template"].format(i=layer)] = internal
     return ArraySource(arrays, "<buffers recorded in convert_meta.json>", dtypes), names
+
+
+def _decode(record: dict) -> np.ndarray:
+    storage, shape = BY_NAME[record["dtype"]].storage, tuple(record["shape"])
+    if "hex" in record:
+        return np.frombuffer(bytes.fromhex(record["hex"]), dtype=storage).reshape(shape)
+    if record.get("fill") != "causal":
+        raise ValueError("expected 'hex' or fill 'causal'")
+    return np.tri(shape[-1], dtype=storage).reshape(shape)                     # (n, n) -> (1, .., n, n)
 
 
 def describes(config) -> dict:
@@ -87,6 +96,17 @@ def describes(config) -> dict:
     for name in _DTYPE_FIELDS:
         out.pop(name, None)
     return out
+
+
+def still_describes(recorded, config) -> bool:
+    """True if `config` is the model `recorded` (describes() at conversion time) described. Fields added to
+    TelechatConfig since then count as unchanged while they hold their default."""
+    if not isinstance(recorded, dict):
+        return False
+    current = describes(config)
+    defaults = describes(type(config)(family=config.family))
+    return all(current.get(k, object()) == v for k, v in recorded.items()) and \
+        all(current[k] == defaults.get(k) for k in current if k not in recorded)
 
 
 def keep_hf_config(src_dir: str, out_dir: str) -> str:

@@ -235,7 +235,7 @@ def _original_config(config_arg, meta: dict, meta_dir, model_config) -> tuple[st
     kept = os.path.join(meta_dir, meta.get("hf_config") or "") if meta_dir and meta.get("hf_config") else ""
     if not kept or not os.path.isfile(kept):
         return None, None, "config.json: written from the model config (no source config.json kept)"
-    if meta.get("hf_config_describes") != hf_extras.describes(model_config):
+    if not hf_extras.still_describes(meta.get("hf_config_describes"), model_config):
         return None, None, (f"config.json: written from the model config ({kept} describes the model before its "
                             "config was changed)")
     return kept, meta.get("source_dtype"), f"config.json: the source's, kept in {kept}"
@@ -259,7 +259,8 @@ def convert_ms_to_hf(src: str, dst: str, *, config: str | None = None, family: s
     start = time.perf_counter()
     with open_ms(src) as ms_source:
         view, dropped = ms_view(ms_source, model_config, names)
-        constants, buffer_keys = hf_extras.buffer_constants(meta.get("hf_buffers") or [], names)
+        constants, buffer_keys = hf_extras.buffer_constants(meta.get("hf_buffers") or [], names,
+                                                            os.path.join(meta_dir or "", META))
         source = WithConstants(ms_source, constants)
         weights = hf_outputs(view, model_config, names)
         items = weights + [(key, Virtual.whole(constants.infos[k])) for key, k in buffer_keys.items()]
