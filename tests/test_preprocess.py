@@ -287,3 +287,81 @@ def test_shuffle_is_seeded_and_loses_nothing(tmp_path):
         outs.append([tuple(r) for r in rows_of(out)["input_ids"].tolist()])
     assert outs[1] == outs[2] != outs[0] and outs[3] != outs[1]
     assert all(sorted(o) == sorted(outs[0]) for o in outs)
+
+
+# ---- other families: any tokenizer kind, any chat template ------------------------------------------------
+@pytest.fixture(scope="module")
+def family_dirs(tmp_path_factory):
+    """A Llama-2 style SentencePiece checkpoint and an Aquila2 style BPE one (tests/tiny_tokenizers.py)."""
+    from tests import tiny_tokenizers as tt
+    root = tmp_path_factory.mktemp("families")
+    llama = root / "llama"
+    tt.train_sp(str(llama / "tokenizer.model"))
+    tt.write_json(str(llama / "tokenizer_config.json"), {
+        "tokenizer_class": "LlamaTokenizer", "legacy": True, "add_bos_token": True, "bos_token": "<s>",
+        "eos_token": "</s>", "unk_token": "<unk>", "pad_token": None})
+    return {"llama": str(llama), "aquila": tt.aquila_dir(str(root))}
+
+
+def _answers(tok, ids, labels):
+    runs, current = [], []
+    for tid, label in zip(ids, labels):
+        if label != X:
+            current.append(tid)
+        elif current:
+            runs.append(tok.decode(current, skip_special_tokens=False).strip())
+            current = []
+    return runs
+
+
+@pytest.mark.parametrize("family,template,kind,want", [
+    ("llama", "llama2", "auto", ["a1 </s>", "a2 </s>"]),
+    ("llama", "firefly", "sentencepiece", ["a1</s>", "a2</s>"]),
+    ("aquila", "aquila-chat", "hf", ["a1###", "a2###"]),
+    ("aquila", "aquila-v1", "auto", ["a1</s>", "a2</s>"]),
+])
+def test_other_families_preprocess(tmp_path, family_dirs, family, template, kind, want):
+    from telechat_ms.data.chat_template import render_ids
+    from telechat_ms.data.tokenizer import load_tokenizer
+    tokenizer = family_dirs[family]
+    dialog = [{"role": "user", "content": "q1"}, {"role": "bot", "content": "a1"},
+              {"role": "user", "content": "q2"}, {"role": "bot", "content": "a2"}]
+    off = write_jsonl(tmp_path / "off.jsonl", [{"dialog": dialog}])
+    mf = write_jsonl(tmp_path / "mf.jsonl", [{"input": "<_user>q1<_bot>a1<_user>q2", "output": "a2"}])
+    output = str(tmp_path / "f.mindrecord")
+    rc = main(["--input", off, mf, "--output", output, "--tokenizer", tokenizer, "--tokenizer-kind", kind,
+               "--chat-template", template, "--seq-length", "127", "--no-pack", "--no-progress"])
+    assert rc == 0
+    tok = load_tokenizer(tokenizer)
+    rows = rows_of(output)
+    messages = [dict(m, role="assistant" if m["role"] == "bot" else "user") for m in dialog]
+    ids = render_ids(tok, messages, template)
+    pad = {"llama": tok.unk_id, "aquila": tok.pad_id}[family]          # Llama-2 has no pad token: unk pads
+    for row in range(2):                    # both input formats give the same conversation
+        got, labels = rows["input_ids"][row].tolist(), rows["labels"][row].tolist()
+        assert got == ids + [pad] * (128 - len(ids))
+        assert _answers(tok, got, labels) == want
+
+
+def test_template_choice_errors_and_checkpoint_template(tmp_path, family_dirs, capsys):
+    import shutil
+    src = write_jsonl(tmp_path / "c.jsonl", [official("q", "a")])
+    llama = tmp_path / "llama"
+    shutil.copytree(family_dirs["llama"], llama)
+    base = ["--input", src, "--tokenizer", str(llama), "--seq-length", "63", "--no-progress"]
+    assert main(base + ["--output", str(tmp_path / "a.mindrecord")]) == 2          # auto: no template known
+    assert "no chat template: the checkpoint has none" in capsys.readouterr().err
+    assert main(base + ["--output", str(tmp_path / "b.mindrecord"), "--chat-template", "vicuna"]) == 2
+    assert "neither a built-in template (telechat2, " in capsys.readouterr().err
+    config = json.loads((llama / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config["chat_template"] = "{% for m in messages %}{{ m['content'] + eos_token }}{% endfor %}"
+    (llama / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    for flags in ([], ["--chat-template", "checkpoint"]):
+        out = str(tmp_path / f"c{len(flags)}.mindrecord")
+        assert main(base + ["--output", out] + flags) == 0
+        row = rows_of(out)
+        from telechat_ms.data.tokenizer import load_tokenizer
+        tok = load_tokenizer(str(llama))
+        assert _answers(tok, row["input_ids"][0].tolist(), row["labels"][0].tolist()) == ["a</s>"]
+    assert sorted(p for p in os.listdir(tmp_path) if p.endswith(".mindrecord")) == ["c0.mindrecord",
+                                                                                    "c2.mindrecord"]

@@ -148,15 +148,15 @@ def test_template_tools(tok):
 def test_training_labels(tok):
     msgs = [{"role": "user", "content": "q1"}, {"role": "bot", "content": "a1"},
             {"role": "user", "content": "q2"}, {"role": "bot", "content": "a2"}]
-    ids, labels = ct.render_training(tok, ct.render_pieces(msgs))
+    ids, labels = ct.render_training(tok, msgs)
     trained = [i for i, lab in zip(ids, labels) if lab != -100]
     assert trained == sp(tok, "a1") + [E_] + sp(tok, "a2") + [E_]
     assert all(lab in (-100, i) for i, lab in zip(ids, labels))
-    ids2, labels2 = ct.render_training(tok, ct.render_pieces(msgs, train_turn_tokens=True))
+    ids2, labels2 = ct.render_training(tok, msgs, train_turn_tokens=True)
     assert ids2 == ids
     trained2 = [i for i, lab in zip(ids, labels2) if lab != -100]
     assert trained2 == [U, B] + sp(tok, "a1") + [E_, U, B] + sp(tok, "a2") + [E_]
-    mf_ids, mf_labels = ct.render_training(tok, ct.render_pieces(msgs, style="mindformers"))
+    mf_ids, mf_labels = ct.render_training(tok, msgs, style="mindformers")
     assert mf_ids == [START, U] + sp(tok, "q1") + [B] + sp(tok, "a1") + [E_, U] + sp(tok, "q2") + [B] \
         + sp(tok, "a2") + [E_]
     assert [i for i, lab in zip(mf_ids, mf_labels) if lab != -100] == trained
@@ -207,3 +207,19 @@ def test_shipped_tiny_tokenizer_is_reproducible(tmp_path):
     assert pieces(fresh) == pieces(TelechatTokenizer(TINY)), \
         "data/tiny_tokenizer.model is stale: run python -m telechat_ms.data.tiny_tokenizer"
     assert os.path.getsize(TINY) < 64 * 1024
+
+
+def test_offsets_and_common_interface(tok):
+    """The interface every tokenizer kind shares (telechat_ms/data/tokenizer_base.py): offsets for loss masks,
+    chat-template variables, and no BOS even with add_special_tokens."""
+    text = "<_system>系统\n<_user>你好 world 龘<_bot>答<tool_call>x</tool_call><_end>\n"
+    ids, offsets = tok.encode_with_offsets(text)
+    assert ids == tok.encode(text)
+    assert "".join(text[s:e] for s, e in offsets) == text           # every character once, in order
+    for tid, (s, e) in zip(ids, offsets):
+        if tid in tok.special_ids:
+            assert text[s:e] == tok.id_to_token(tid)
+    assert tok.encode_with_offsets("<_user>hi", parse_special=False)[0] == tok.encode("<_user>hi", False)
+    assert tok.kind == "telechat2" and tok.encode("hi", add_special_tokens=True) == tok.encode("hi")
+    assert tok.special_tokens_map["bos_token"] == "<_start>" and tok.special_tokens_map["eos_token"] == "<_end>"
+    assert (tok.bos_token, tok.eos_token, tok.pad_token) == ("<_start>", "<_end>", "<_pad>")

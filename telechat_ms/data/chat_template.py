@@ -1,195 +1,259 @@
-"""TeleChat2 chat template (spec §6.2(a), the 3B/7B/35B-Nov tokenizer template) as typed pieces.
+"""Chat templates rendered with jinja2 exactly as transformers' `apply_chat_template` (4.57) renders them, and
+SFT labels derived from the rendering for any template.
 
-A rendering is a list of `Piece`s: special tokens (kept apart so they become ids, never text that could be
-re-split) and text, each tagged with whether an SFT loss is put on it. The same list gives
-  * the text `apply_chat_template(..., tokenize=False)` would produce (`render_text`),
-  * the ids the HF slow tokenizer would produce for that text (`render_ids`): adjacent text pieces are
-    merged first, because HF only splits at special tokens and each chunk gets its own dummy-prefix `▁`,
-  * (ids, labels) for training (`render_training`).
-A second style, `mindformers`, is the MindFormers port's SFT layout (spec §7.1): `<_start>` then
-`<_user>q<_bot>a<_end>` per turn, no system block, no newlines.
+Rendering: an ImmutableSandboxedEnvironment with trim_blocks / lstrip_blocks, the loopcontrols extension and
+the `{% generation %}` tag, HF's `tojson` filter (ensure_ascii=False), `raise_exception` and `strftime_now`;
+variables `messages`, `tools`, `documents`, `add_generation_prompt`, the tokenizer's special tokens
+(`bos_token`, `eos_token`, ...) and any extra keyword. Ids = tokenizer.encode(text, add_special_tokens=False),
+which is what apply_chat_template(tokenize=True) does.
+
+Labels (render_training, telechat_ms/data/loss_mask.py): a token is trained when its text overlaps an assistant
+span. The spans come from the rendering itself, not from per-template rules: `{% generation %}` blocks when the
+template has them (HF's assistant mask), otherwise, for each assistant message i, the text between the
+rendering of messages[:i] with the generation prompt and the rendering of messages[:i+1], without trailing
+whitespace. So the answer and its end marker (`<_end>`, `</s>`, `###`) are trained; the system prompt, the
+questions, the role headers and the separators are not.
 """
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from datetime import datetime
+from functools import lru_cache
+from typing import Sequence
 
 from ..config.base import ConfigError
+from .templates import (BUILTIN_TEMPLATES, DEFAULT_SYSTEM_PROMPT, STYLE_ALIASES, TOOLS_FOOTER,  # noqa: F401
+                        TOOLS_HEADER)
+from .loss_mask import ASSISTANT_ROLES, IGNORE_INDEX, label_conversation  # noqa: F401  (re-exported)
+from .tokenizer_base import TOOL_TOKENS
+from .tokenizer_files import read_settings
 
-IGNORE_INDEX = -100
-
-DEFAULT_SYSTEM_PROMPT = ("你是中国电信星辰语义大模型，英文名是TeleChat，你是由中电信人工智能科技有限公司和"
-                         "中国电信人工智能研究院（TeleAI）研发的人工智能助手。")
-TOOLS_HEADER = ("\n\n# 可用工具\n你可以调用<tools></tools>标签中包含的一个或多个工具来辅助你回答问题,"
-                "以下是可用工具详情：\n<tools>\n")
-TOOLS_FOOTER = ("</tools>\n\n# 调用方法\n你需要遵循工具的要求，使用json格式返回工具名称及参数，并用"
-                "<tool_call></tool_call>包含。下方是一个调用模板：\n<tool_call>\n"
-                "{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call>\n\n")
-
-ASSISTANT_ROLES = ("assistant", "bot")
-ROLES = ("system", "user", "assistant", "bot", "tool")
-TOOL_TOKENS = ("<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>")
-STYLES = ("chat", "mindformers")
+STYLES = tuple(STYLE_ALIASES)
 
 
 class TemplateError(ConfigError):
-    """A conversation cannot be rendered (bad role/field, tools without tool tokens in the vocab)."""
+    """A conversation cannot be rendered (bad role/field, template error, tools without tool tokens)."""
+
+
+# ---- the jinja environment (transformers.utils.chat_template_utils._compile_jinja_template) ---------------
+def _environment():
+    # pylint: disable=import-outside-toplevel
+    import jinja2
+    from jinja2.ext import Extension, loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class AssistantTracker(Extension):
+        """`{% generation %}...{% endgeneration %}`: records the character span of the block's output."""
+        tags = {"generation"}
+
+        def __init__(self, environment):
+            super().__init__(environment)
+            environment.extend(tracked=None)
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_generation", []), [], [], body).set_lineno(lineno)
+
+        def _generation(self, caller):
+            out = caller()
+            blocks, spans = self.environment.tracked or (None, None)
+            if blocks is not None:
+                start = sum(len(b) for b in blocks)
+                spans.append((start, start + len(out)))
+            return out
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[AssistantTracker, loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env
+
+
+@lru_cache(maxsize=64)
+def _compile(source: str, name: str):
+    import jinja2  # pylint: disable=import-outside-toplevel
+    env = _environment()
+    try:
+        return env.from_string(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(f"chat template {name}: jinja syntax error at line {exc.lineno}: {exc.message}") from None
 
 
 @dataclass(frozen=True)
-class Piece:
-    value: str          # the special-token string or the text
-    special: bool       # True: one token id; False: text to encode
-    train: bool         # label = input id (True) or IGNORE_INDEX (False)
+class ChatTemplate:
+    """A jinja chat template. `name`: built-in name, file path or `<checkpoint file>`; `roles`: the roles a
+    built-in template accepts (checked before rendering; None = the template decides)."""
+
+    name: str
+    source: str
+    stop_strings: tuple[str, ...] = ()
+    roles: tuple[str, ...] | None = None
+
+    @property
+    def has_generation_blocks(self) -> bool:
+        return "generation" in self.source and "endgeneration" in self.source
+
+    def render(self, messages: Sequence[dict], tools: Sequence | None = None, add_generation_prompt: bool = False,
+               special_tokens: dict | None = None, track: bool = False, **kwargs):
+        """The text (and, with track=True, the `{% generation %}` spans) of one conversation."""
+        import jinja2  # pylint: disable=import-outside-toplevel
+        self.check(messages, tools)
+        template = _compile(self.source, self.name)
+        variables = {**(special_tokens or {}), **kwargs}
+        variables.update(messages=list(messages), tools=list(tools) if tools is not None else None,
+                         documents=variables.get("documents"), add_generation_prompt=add_generation_prompt)
+        blocks: list[str] = []
+        spans: list[tuple[int, int]] = []
+        try:
+            if not track:
+                return template.render(**variables)
+            template.environment.tracked = (blocks, spans)
+            for block in template.generate(**variables):
+                blocks.append(block)
+            return "".join(blocks), spans
+        except jinja2.TemplateError as exc:
+            raise TemplateError(f"chat template {self.name}: {exc}") from None
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:   # e.g. '<_user>' + None
+            raise TemplateError(f"chat template {self.name}: cannot render this conversation "
+                                f"({type(exc).__name__}: {exc})") from None
+        finally:
+            template.environment.tracked = None
+
+    def check(self, messages: Sequence[dict], tools: Sequence | None = None) -> None:
+        """Structure (and, for built-ins, roles and content types); an empty list is allowed here because
+        loss masks render prefixes of a conversation — the public render_* functions refuse it."""
+        if not isinstance(messages, (list, tuple)):
+            raise TemplateError("messages must be a non-empty list of {role, content} objects")
+        if tools is not None and not isinstance(tools, (list, tuple)):
+            raise TemplateError("tools must be a list of tool descriptions")
+        for i, msg in enumerate(messages):
+            if not isinstance(msg, dict):
+                raise TemplateError(f"messages[{i}] must be an object, got {type(msg).__name__}")
+            role = msg.get("role")
+            if not isinstance(role, str) or (self.roles is not None and role not in self.roles):
+                allowed = ", ".join(self.roles) if self.roles is not None else "a string"
+                raise TemplateError(f"messages[{i}].role must be one of {allowed} (template {self.name}), "
+                                    f"got {role!r}")
+            if self.roles is not None:
+                content = msg.get("content")
+                if content is not None and not isinstance(content, str):
+                    raise TemplateError(f"messages[{i}].content must be a string, got {type(content).__name__}")
+                if role == "system" and i != 0:
+                    raise TemplateError(f"messages[{i}]: a system message is only allowed first")
 
 
-def _tojson(value: Any) -> str:
-    # HF's chat-template `tojson` filter: json.dumps with ensure_ascii=False and default separators
-    return json.dumps(value, ensure_ascii=False)
+# ---- which template ---------------------------------------------------------------------------------------
+def builtin_template(name: str) -> ChatTemplate:
+    spec = BUILTIN_TEMPLATES.get(STYLE_ALIASES.get(name, name))
+    if spec is None:
+        raise TemplateError(f"unknown chat template {name!r} (built-in: {', '.join(BUILTIN_TEMPLATES)})")
+    return ChatTemplate(spec.name, spec.source, spec.stop_strings, spec.roles)
 
 
-def _check_messages(messages: Sequence[dict]) -> None:
+def checkpoint_template(tokenizer_dir: str, tools: bool = False) -> ChatTemplate | None:
+    """The checkpoint's own template (chat_template.jinja or tokenizer_config.json), None if it has none."""
+    directory = tokenizer_dir if os.path.isdir(tokenizer_dir) else os.path.dirname(tokenizer_dir)
+    settings = read_settings(directory)
+    source = settings.chat_template
+    if isinstance(source, dict):          # named templates: HF picks "tool_use" for tools, else "default"
+        key = "tool_use" if tools and "tool_use" in source else "default"
+        if key not in source:
+            raise TemplateError(f"{settings.chat_template_source}: named chat templates {sorted(source)} have no "
+                                "'default'; pass --chat-template NAME|FILE")
+        source = source[key]
+    if source is None:
+        return None
+    return ChatTemplate(f"<{settings.chat_template_source}>", source)
+
+
+def resolve_template(name_or_file=None, tokenizer_dir: str | None = None, default: str | None = None,
+                     tools: bool = False) -> ChatTemplate:
+    """A ChatTemplate from: a ChatTemplate (returned as is); a built-in name (or style alias chat /
+    mindformers); a path to a jinja file; or None -> the checkpoint's chat_template if `tokenizer_dir` has one,
+    else `default` (the family's default template name or file)."""
+    if isinstance(name_or_file, ChatTemplate):
+        return name_or_file
+    if name_or_file is None:
+        found = checkpoint_template(tokenizer_dir, tools) if tokenizer_dir else None
+        if found is not None:
+            return found
+        if default is None:
+            raise TemplateError("no chat template: the checkpoint has none and no default was given "
+                                "(pass --chat-template NAME|FILE)")
+        return resolve_template(default)
+    if not isinstance(name_or_file, str):
+        raise TemplateError(f"chat template must be a name or a file, got {type(name_or_file).__name__}")
+    if STYLE_ALIASES.get(name_or_file, name_or_file) in BUILTIN_TEMPLATES:
+        return builtin_template(name_or_file)
+    if os.path.isfile(name_or_file):
+        try:
+            with open(name_or_file, encoding="utf-8") as fh:
+                source = fh.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TemplateError(f"{name_or_file}: cannot read chat template: {exc}") from None
+        _compile(source, name_or_file)                      # syntax errors now, naming the file
+        return ChatTemplate(name_or_file, source)
+    raise TemplateError(f"chat template {name_or_file!r} is neither a built-in template "
+                        f"({', '.join(BUILTIN_TEMPLATES)}) nor a file")
+
+
+def _template_of(template, style, messages) -> ChatTemplate:
     if not isinstance(messages, (list, tuple)) or not messages:
         raise TemplateError("messages must be a non-empty list of {role, content} objects")
-    for i, msg in enumerate(messages):
-        if not isinstance(msg, dict):
-            raise TemplateError(f"messages[{i}] must be an object, got {type(msg).__name__}")
-        if msg.get("role") not in ROLES:
-            raise TemplateError(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {msg.get('role')!r}")
-        content = msg.get("content")
-        if content is not None and not isinstance(content, str):
-            raise TemplateError(f"messages[{i}].content must be a string, got {type(content).__name__}")
-        if msg["role"] == "system" and i != 0:
-            raise TemplateError(f"messages[{i}]: a system message is only allowed first")
+    if template is not None and style is not None:
+        raise TemplateError("pass either template or style, not both")
+    return resolve_template(template if template is not None else (style or "telechat2"))
 
 
-def _system_pieces(messages: Sequence[dict], tools: Sequence | None) -> list[Piece]:
-    has_system = messages[0]["role"] == "system"
-    system = (messages[0].get("content") or "") if has_system else DEFAULT_SYSTEM_PROMPT
-    if not tools:
-        return [Piece("<_system>", True, False), Piece(system + "\n", False, False)]
-    text = system + TOOLS_HEADER + "".join(_tojson(tool) + "\n" for tool in tools) + TOOLS_FOOTER
-    return [Piece("<_system>", True, False), Piece(text, False, False)]
+# ---- text, ids, labels -----------------------------------------------------------------------------------
+def render_text(messages: Sequence[dict], template=None, tools: Sequence | None = None,
+                add_generation_prompt: bool = False, tokenizer=None, style: str | None = None, **kwargs) -> str:
+    """The prompt string (HF apply_chat_template(tokenize=False)); template: ChatTemplate, built-in name or
+    file (default telechat2); `tokenizer` supplies bos_token / eos_token."""
+    specials = tokenizer.special_tokens_map if tokenizer is not None else None
+    return _template_of(template, style, messages).render(messages, tools, add_generation_prompt, specials, **kwargs)
 
 
-def _tool_call_text(call: Any, where: str) -> str:
-    if isinstance(call, dict) and isinstance(call.get("function"), dict):
-        call = call["function"]          # OpenAI style {"type": "function", "function": {...}}
-    if not isinstance(call, dict) or not isinstance(call.get("name"), str):
-        raise TemplateError(f"{where}: a tool call must be an object with a string 'name'")
-    return '\n{"name": "' + call["name"] + '", "arguments": ' + _tojson(call.get("arguments")) + "}\n"
-
-
-def _assistant_pieces(msg: dict, where: str, train_turn_tokens: bool) -> list[Piece]:
-    pieces = [Piece("<_bot>", True, train_turn_tokens)]
-    if msg.get("content"):
-        pieces.append(Piece(msg["content"], False, True))
-    calls = msg.get("tool_calls") or []
-    if not isinstance(calls, list):
-        raise TemplateError(f"{where}.tool_calls must be a list")
-    for j, call in enumerate(calls):
-        if j:
-            pieces.append(Piece("\n", False, True))
-        text = _tool_call_text(call, f"{where}.tool_calls[{j}]")
-        pieces += [Piece("<tool_call>", True, True), Piece(text, False, True), Piece("</tool_call>", True, True)]
-    return pieces + [Piece("<_end>", True, True), Piece("\n", False, False)]
-
-
-def chat_pieces(messages: Sequence[dict], tools: Sequence | None = None, add_generation_prompt: bool = False,
-                train_turn_tokens: bool = False) -> list[Piece]:
-    """Template (a). `train_turn_tokens` also trains every <_user>/<_bot> (official DeepSpeed SFT loss mask)."""
-    _check_messages(messages)
-    if tools is not None and not isinstance(tools, (list, tuple)):
-        raise TemplateError("tools must be a list of tool descriptions")
-    pieces = _system_pieces(messages, tools)
-    for i, msg in enumerate(messages):
-        role, content = msg["role"], msg.get("content") or ""
-        if role == "user":
-            pieces += [Piece("<_user>", True, train_turn_tokens), Piece(content, False, False)]
-        elif role in ASSISTANT_ROLES:
-            pieces += _assistant_pieces(msg, f"messages[{i}]", train_turn_tokens)
-        elif role == "tool":
-            if i == 0 or messages[i - 1]["role"] != "tool":
-                pieces += [Piece("<_user>", True, train_turn_tokens), Piece("<tool_response>", True, False)]
-            else:
-                pieces += [Piece("\n", False, False), Piece("<tool_response>", True, False)]
-            pieces += [Piece("\n" + content + "\n", False, False), Piece("</tool_response>", True, False)]
-    if add_generation_prompt:
-        pieces.append(Piece("<_bot>", True, False))
-    return pieces
-
-
-def mindformers_pieces(messages: Sequence[dict], add_generation_prompt: bool = False,
-                       train_turn_tokens: bool = False) -> list[Piece]:
-    """MindFormers SFT layout: <_start> + Σ <_user>q<_bot>a<_end>; user/assistant turns only."""
-    _check_messages(messages)
-    pieces = [Piece("<_start>", True, False)]
-    for i, msg in enumerate(messages):
-        role, content = msg["role"], msg.get("content") or ""
-        if role == "user":
-            pieces += [Piece("<_user>", True, train_turn_tokens), Piece(content, False, False)]
-        elif role in ASSISTANT_ROLES:
-            pieces += [Piece("<_bot>", True, train_turn_tokens), Piece(content, False, True),
-                       Piece("<_end>", True, True)]
-        else:
-            raise TemplateError(f"messages[{i}]: role {role!r} is not supported by the mindformers style "
-                                "(user/assistant turns only; use the chat style)")
-    if add_generation_prompt:
-        pieces.append(Piece("<_bot>", True, False))
-    return pieces
-
-
-def render_pieces(messages: Sequence[dict], style: str = "chat", tools: Sequence | None = None,
-                  add_generation_prompt: bool = False, train_turn_tokens: bool = False) -> list[Piece]:
-    if style == "chat":
-        return chat_pieces(messages, tools, add_generation_prompt, train_turn_tokens)
-    if style == "mindformers":
-        if tools:
-            raise TemplateError("tools are not supported by the mindformers style; use the chat style")
-        return mindformers_pieces(messages, add_generation_prompt, train_turn_tokens)
-    raise TemplateError(f"template style must be one of {', '.join(STYLES)}, got {style!r}")
-
-
-def render_text(messages: Sequence[dict], style: str = "chat", tools: Sequence | None = None,
-                add_generation_prompt: bool = False) -> str:
-    """The prompt string (what HF apply_chat_template(tokenize=False) returns for style 'chat')."""
-    return "".join(p.value for p in render_pieces(messages, style, tools, add_generation_prompt))
-
-
-def needs_tool_tokens(pieces: Sequence[Piece]) -> bool:
-    return any(p.value in TOOL_TOKENS for p in pieces if p.special) or \
-        any(tok in p.value for p in pieces if not p.special for tok in TOOL_TOKENS)
-
-
-def _merge(pieces: Sequence[Piece]) -> list[Piece]:
-    """Join adjacent text pieces: HF encodes each run of text between special tokens as one chunk."""
-    merged: list[Piece] = []
-    for p in pieces:
-        if not p.special and merged and not merged[-1].special:
-            if merged[-1].train != p.train:   # the template never does this; a label split mid-chunk is undefined
-                raise TemplateError(f"internal: trained and untrained text in one chunk near {p.value[:20]!r}")
-            merged[-1] = Piece(merged[-1].value + p.value, False, p.train)
-        elif p.special or p.value:
-            merged.append(p)
-    return merged
-
-
-def render_training(tokenizer, pieces: Sequence[Piece]) -> tuple[list[int], list[int]]:
-    """(input_ids, labels) with labels = id on trained pieces and IGNORE_INDEX elsewhere."""
-    if needs_tool_tokens(pieces) and not tokenizer.has_tool_tokens:
+def _check_tool_tokens(tokenizer, text: str) -> None:
+    """A TeleChat2 115B-layout vocab has no tool tokens: their strings would silently become plain text."""
+    if getattr(tokenizer, "kind", None) == "telechat2" and not tokenizer.has_tool_tokens \
+            and any(t in text for t in TOOL_TOKENS):
         raise TemplateError("this conversation uses tool tokens (<tool_call>/<tool_response>) but the tokenizer's "
                             "vocab has none (115B layout); render it without tools or use a 3B/7B tokenizer")
-    ids: list[int] = []
-    labels: list[int] = []
-    for p in _merge(pieces):
-        chunk = [tokenizer.token_to_id(p.value)] if p.special else tokenizer.encode(p.value)
-        ids += chunk
-        labels += chunk if p.train else [IGNORE_INDEX] * len(chunk)
+
+
+def render_ids(tokenizer, messages: Sequence[dict], template=None, tools: Sequence | None = None,
+               add_generation_prompt: bool = False, style: str | None = None, **kwargs) -> list[int]:
+    """Token ids of the rendered conversation (HF apply_chat_template(tokenize=True))."""
+    text = render_text(messages, template, tools, add_generation_prompt, tokenizer, style, **kwargs)
+    _check_tool_tokens(tokenizer, text)
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def render_training(tokenizer, messages: Sequence[dict], template=None, tools: Sequence | None = None,
+                    train_turn_tokens: bool = False, style: str | None = None,
+                    **kwargs) -> tuple[list[int], list[int]]:
+    """(input_ids, labels): labels = id on the tokens of assistant answers (and their end marker),
+    IGNORE_INDEX elsewhere; derived from the rendering (telechat_ms/data/loss_mask.py). `train_turn_tokens`
+    also trains the special token that opens each user/tool/assistant turn (TeleChat2: <_user>, <_bot> — the
+    official DeepSpeed loss mask)."""
+    chat = _template_of(template, style, messages)
+    ids, labels, full = label_conversation(tokenizer, chat, messages, tools, train_turn_tokens, **kwargs)
+    _check_tool_tokens(tokenizer, full)
     return ids, labels
 
 
-def render_ids(tokenizer, messages: Sequence[dict], style: str = "chat", tools: Sequence | None = None,
-               add_generation_prompt: bool = False) -> list[int]:
-    """Token ids of the rendered conversation (specials as ids, text chunks encoded), no BOS for 'chat'."""
-    return render_training(tokenizer, render_pieces(messages, style, tools, add_generation_prompt))[0]
+def template_info() -> list[tuple[str, str]]:
+    """(name, description) of every built-in template, for --help texts and docs."""
+    return [(t.name, t.description) for t in BUILTIN_TEMPLATES.values()]
+

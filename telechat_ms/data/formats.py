@@ -4,7 +4,7 @@ mindformers  {"input": "<_user>q1<_bot>a1<_user>q2", "output": "a2"}  (the `<_us
              history turns live inside `input`, the last answer in `output`)
 official     {"system": "...", "dialog": [{"role": "user"|"bot"|"assistant"|"tool", "content": "..."}],
               "tool": bool, "multiturn": bool, "tools": [...] (optional, rendered in the system block)}
-Both become [{"role": ..., "content": ...}, ...] for telechat_ms.data.chat_template.
+Both become [{"role": ..., "content": ...}, ...] for telechat_ms.data.chat_template (any template).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class Sample:
     messages: list[dict]
     tools: list | None = None
     tool: bool = False               # the official format's flag: the sample uses tool tokens
-    style: str = "chat"              # template style, set by the reader from the format / --template
+    template: Any = None             # the ChatTemplate, set by the reader from the format / --chat-template
 
 
 def detect_format(obj: Any) -> str | None:

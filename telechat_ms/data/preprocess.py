@@ -1,9 +1,10 @@
 """`telechat-ms preprocess`: SFT jsonl (mindformers or official format) -> packed MindRecord for training.
 
-Pipeline: read lines (errors name file:line) -> messages -> template pieces -> (input_ids, labels) with loss
-only on assistant answers and their <_end> -> fit to seq_length + 1 (truncate / skip / error, counted) ->
-greedy packing with per-document boundaries -> MindRecord written in a temporary directory and renamed into
-place. Column contract: telechat_ms/data/packing.py and docs/data.md. Exit codes: 0 ok, 2 bad input.
+Pipeline: read lines (errors name file:line) -> messages -> chat template (jinja) -> (input_ids, labels) with
+loss only on assistant answers and their end marker -> fit to seq_length + 1 (truncate / skip / error,
+counted) -> greedy packing with per-document boundaries -> MindRecord written in a temporary directory and
+renamed into place. Any tokenizer kind and chat template (--tokenizer-kind, --chat-template). Column
+contract: telechat_ms/data/packing.py and docs/data.md. Exit codes: 0 ok, 2 bad input.
 """
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 from ..config.base import ConfigError
-from .chat_template import IGNORE_INDEX, STYLES, TemplateError, render_pieces, render_training
+from .chat_template import IGNORE_INDEX, STYLES, ChatTemplate, TemplateError, render_training, resolve_template
 from .formats import FORMATS, PARSERS, DataError, Sample, count_lines, detect_format, read_jsonl
 from .packing import COLUMNS, Packer, Row
+from .templates import BUILTIN_TEMPLATES
+from .tokenizer import KINDS, load_tokenizer
 
 OVERFLOW = ("truncate", "skip", "error")
 MAX_WARNINGS = 5
@@ -30,6 +33,9 @@ class Options:
     seq_length: int = 8192
     input_format: str = "auto"           # auto | mindformers | official (auto: from each file's first record)
     template: str = "auto"               # auto | chat | mindformers (auto: chat for official, mindformers else)
+    chat_template: str | None = None     # built-in name, jinja file or "checkpoint"; overrides `template`
+    default_template: str | None = None  # used by auto for non-TeleChat2 tokenizers without a checkpoint template
+    tokenizer_kind: str = "auto"         # auto | telechat2 | sentencepiece | hf
     train_turn_tokens: bool = False      # also train <_user>/<_bot> (official DeepSpeed loss mask)
     overflow: str = "truncate"           # over-long samples: truncate | skip | error
     pack: bool = True
@@ -44,6 +50,7 @@ class Options:
             raise ConfigError(f"seq_length must be an integer >= 2, got {self.seq_length!r}")
         for name, value, allowed in (("format", self.input_format, ("auto",) + FORMATS),
                                      ("template", self.template, ("auto",) + STYLES),
+                                     ("tokenizer kind", self.tokenizer_kind, ("auto",) + KINDS),
                                      ("overflow", self.overflow, OVERFLOW)):
             if value not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
@@ -98,8 +105,10 @@ def _warn(summary: Summary, message: str) -> None:
         print("warning: further warnings suppressed; the summary has the counts", file=sys.stderr)
 
 
-def read_samples(paths: Iterable[str], opts: Options, summary: Summary, bar=None) -> Iterator[Sample]:
-    """Parsed samples of all files in order; bad lines raise DataError(file:line) or are counted."""
+def read_samples(paths: Iterable[str], opts: Options, summary: Summary, bar=None,
+                 templates: dict | None = None) -> Iterator[Sample]:
+    """Parsed samples of all files in order; bad lines raise DataError(file:line) or are counted.
+    `templates` maps an input format to the ChatTemplate its samples are rendered with."""
     for path in paths:
         summary.files += 1
         fmt = None if opts.input_format == "auto" else opts.input_format
@@ -124,22 +133,45 @@ def read_samples(paths: Iterable[str], opts: Options, summary: Summary, bar=None
                 _warn(summary, f"{path}:{lineno}: skipped: {exc}")
                 continue
             sample.where = f"{path}:{lineno}"
-            sample.style = opts.template if opts.template != "auto" else ("chat" if fmt == "official"
-                                                                         else "mindformers")
+            sample.template = (templates or {}).get(fmt)
             summary.samples += 1
             yield sample
 
 
 def tokenize_sample(tokenizer, sample: Sample, opts: Options) -> tuple[list[int], list[int]]:
-    if sample.tool and not tokenizer.has_tool_tokens:
+    if sample.tool and tokenizer.kind == "telechat2" and not tokenizer.has_tool_tokens:
         raise DataError(f"{sample.where}: the sample is marked \"tool\": true but the tokenizer has no tool "
                         "tokens (115B layout); use a 3B/7B/35B-Nov tokenizer or drop tool samples")
     try:
-        pieces = render_pieces(sample.messages, sample.style, sample.tools,
+        return render_training(tokenizer, sample.messages, sample.template, sample.tools,
                                train_turn_tokens=opts.train_turn_tokens)
-        return render_training(tokenizer, pieces)
     except TemplateError as exc:
         raise DataError(f"{sample.where}: {exc}") from None
+
+
+def pick_templates(opts: Options, tokenizer, tokenizer_path: str | None) -> dict[str, ChatTemplate]:
+    """The template of each input format: --chat-template for all; else --template; else (auto) TeleChat2's
+    chat / mindformers layouts for a TeleChat2 tokenizer, and for other tokenizers the checkpoint's
+    chat_template or `default_template`."""
+    if opts.chat_template == "checkpoint":
+        chosen = resolve_template(None, tokenizer_path, None)
+    elif opts.chat_template is not None:
+        chosen = resolve_template(opts.chat_template)
+    elif opts.template != "auto":
+        chosen = resolve_template(opts.template)
+    elif tokenizer.kind == "telechat2":
+        return {"official": resolve_template("chat"), "mindformers": resolve_template("mindformers")}
+    else:
+        chosen = resolve_template(None, tokenizer_path, opts.default_template)
+    return {fmt: chosen for fmt in FORMATS}
+
+
+def pad_id_of(tokenizer) -> int:
+    """Padding id: the tokenizer's pad token, else unk, else eos (padding is never trained nor attended)."""
+    for tid in (tokenizer.pad_id, tokenizer.unk_id, tokenizer.eos_id):
+        if tid is not None:
+            return tid
+    return 0
 
 
 def fit(ids: list[int], labels: list[int], where: str, opts: Options, summary: Summary):
@@ -165,7 +197,7 @@ def fit(ids: list[int], labels: list[int], where: str, opts: Options, summary: S
 
 
 def build_rows(tokenizer, samples: Iterable[Sample], opts: Options, summary: Summary) -> Iterator[Row]:
-    packer = Packer(opts.row_length, tokenizer.pad_id, opts.pack)
+    packer = Packer(opts.row_length, pad_id_of(tokenizer), opts.pack)
 
     def account(rows: list[Row]) -> list[Row]:
         for row in rows:
@@ -250,9 +282,10 @@ def resolve_output(output: str) -> str:
 def preprocess(inputs: list[str], output: str, tokenizer, opts: Options) -> Summary:
     """Run the pipeline; returns the summary. Raises DataError (nothing written) on bad input."""
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+    tokenizer_path = tokenizer if isinstance(tokenizer, str) else getattr(tokenizer, "path", None)
     if isinstance(tokenizer, str):
-        from .tokenizer import TelechatTokenizer  # pylint: disable=import-outside-toplevel
-        tokenizer = TelechatTokenizer(tokenizer)
+        tokenizer = load_tokenizer(tokenizer, None if opts.tokenizer_kind == "auto" else opts.tokenizer_kind)
+    templates = pick_templates(opts, tokenizer, tokenizer_path)
     for path in inputs:
         if not os.path.isfile(path):
             raise DataError(f"{path}: input file not found")
@@ -260,7 +293,7 @@ def preprocess(inputs: list[str], output: str, tokenizer, opts: Options) -> Summ
     writer = AtomicMindRecord(resolve_output(output), opts.row_length, opts.overwrite)
     total = sum(count_lines(p) for p in inputs)
     with tqdm(total=total, unit="line", desc="preprocess", disable=not opts.progress, file=sys.stderr) as bar:
-        samples: Iterable[Sample] = read_samples(inputs, opts, summary, bar)
+        samples: Iterable[Sample] = read_samples(inputs, opts, summary, bar, templates)
         if opts.shuffle:            # needs every sample in memory; without it the pipeline streams
             samples = list(samples)
             random.Random(opts.seed).shuffle(samples)
@@ -280,13 +313,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "--output_path", dest="output", required=True,
                    help="output .mindrecord file (a directory gets dataset.mindrecord)")
     p.add_argument("--tokenizer", "--vocab_file_path", dest="tokenizer", required=True,
-                   help="tokenizer.model or a checkpoint directory containing it")
+                   help="checkpoint directory, tokenizer.model, tokenizer.json or vocab.json (merges.txt beside)")
+    p.add_argument("--tokenizer-kind", dest="tokenizer_kind", choices=("auto",) + KINDS, default="auto",
+                   help="auto: from the files present (docs/data.md)")
     p.add_argument("--seq-length", "--max_length", dest="seq_length", type=int, default=8192,
                    help="model sequence length; rows hold seq_length + 1 tokens (default 8192)")
     p.add_argument("--format", dest="input_format", choices=("auto",) + FORMATS, default="auto")
     p.add_argument("--template", choices=("auto",) + STYLES, default="auto",
                    help="chat: TeleChat2 chat template; mindformers: <_start><_user>q<_bot>a<_end> "
                         "(auto: chat for the official format, mindformers for the mindformers format)")
+    p.add_argument("--chat-template", dest="chat_template", metavar="NAME|FILE",
+                   help="render every sample with this template: a built-in (" + ", ".join(BUILTIN_TEMPLATES)
+                        + "), a jinja file, or 'checkpoint' (the tokenizer directory's chat_template); "
+                        "overrides --template. Default for non-TeleChat2 tokenizers: the checkpoint's template")
     p.add_argument("--train-turn-tokens", action="store_true",
                    help="also put the loss on <_user>/<_bot> (as the official DeepSpeed SFT code)")
     p.add_argument("--overflow", choices=OVERFLOW, default="truncate",
