@@ -497,3 +497,24 @@ def test_meta_from_an_older_version_and_a_corrupt_buffer_record(converted, tmp_p
     with pytest.raises(ConvertError, match=r"convert_meta.json: invalid hf_buffers record .*ValueError"):
         convert_ms_to_hf(str(mid), str(tmp_path / "back2"))
     assert not (tmp_path / "back2").exists()
+
+
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path, capsys):
+    """hf2ms reads every weight before writing (on by default): a NaN is one error, no output directory."""
+    import subprocess
+    import sys
+    from safetensors.numpy import load_file as load_np, save_file as save_np
+    from telechat_ms.convert.cli import hf2ms_main
+    src, dst = tmp_path / "hf", tmp_path / "ms"
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, f"{repo}/scripts/make_tiny_hf_checkpoint.py", str(src), "--preset",
+                    "tiny_llama2_gqa"], check=True, capture_output=True)
+    weights = load_np(str(src / "model.safetensors"))
+    key = "model.layers.1.mlp.down_proj.weight"
+    weights[key][3, 5] = np.nan
+    save_np(weights, str(src / "model.safetensors"), metadata={"format": "pt"})
+    assert hf2ms_main(["--src", str(src), "--dst", str(dst), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"tensor '{key}' holds 1 non-finite values" in err and err.count("error:") == 1
+    assert not dst.exists()
+    assert hf2ms_main(["--src", str(src), "--dst", str(dst), "--no-progress", "--no-check-finite"]) == 0

@@ -36,6 +36,8 @@ def _hf2ms_parser() -> argparse.ArgumentParser:
                                      "TeleChat-52B, Tele-FLM, Aquila2, Llama-2, ...) -> telechat_ms MindSpore")
     parser.add_argument("--src", required=True, help="HF model directory (config.json + safetensors or .bin)")
     _family_option(parser, "detected from config.json and the tensor names")
+    parser.add_argument("--no-check-finite", dest="check_finite", action="store_false",
+                        help="skip the read of every weight that refuses NaN / Inf before writing (on by default)")
     _common(parser, formats=True)
     return parser
 
@@ -75,6 +77,9 @@ def _run(parser: argparse.ArgumentParser, argv, convert) -> int:
     except (ConvertError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:            # the staged output is already removed (telechat_ms/io/output.py)
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
     if report.dropped:
         print(f"dropped {len(report.dropped)} non-model entries: {summarize(report.dropped)}")
     for note in report.notes:

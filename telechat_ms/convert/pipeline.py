@@ -21,6 +21,8 @@ from ..families.hf_config import read_hf_json
 from ..io.checkpoint import HF_CONFIG, META, MODEL_CONFIG
 from ..io.dtypes import BY_NAME, OUTPUT_DTYPES, parse_size
 from ..io.errors import ConvertError
+from ..io import integrity
+from ..io.virtual import Transposed
 from ..io.output import TOKENIZER_FILES, check_destination, copy_side_files, staged_output, write_json
 from ..io.sources import open_hf, open_ms
 from ..io.virtual import Virtual
@@ -135,10 +137,12 @@ def _uniform_dtype(view) -> str | None:
 
 def convert_hf_to_ms(src: str, dst: str, *, family: str | None = None, dtype: str | None = None,
                      fmt: str = "safetensors", max_shard_size="4GB", overwrite: bool = False,
-                     progress: bool = False, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> ConvertReport:
+                     progress: bool = False, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                     check_finite: bool = True) -> ConvertReport:
     """HF directory of any known family -> our MindSpore directory (sharded safetensors + index, or one .ckpt).
 
-    The family is detected from config.json and the tensor names unless `family` names it."""
+    The family is detected from config.json and the tensor names unless `family` names it. `check_finite`:
+    read every weight once before writing and refuse NaN / Inf, naming the tensor."""
     max_bytes = _options(dtype, fmt, max_shard_size)
     if not os.path.isdir(src):
         raise ConvertError(f"{src}: not a directory (expected an HF model directory with config.json and weights)")
@@ -150,6 +154,8 @@ def convert_hf_to_ms(src: str, dst: str, *, family: str | None = None, dtype: st
         spelling = fam.hf_layout.spelling(frozenset(source.infos))
         names = _table(config, spelling)
         view, buffers = hf_view(source, config, names)
+        if check_finite:
+            _check_finite(source, view, chunk_bytes, progress)
         meta = {"source": os.path.abspath(src), "source_kind": source.kind, "family": fam.name,
                 "hf_spelling": spelling, "router_key": spelling.get("router_key") if config.is_moe else None,
                 "hf_buffers": hf_extras.record_buffers(source, buffers, names),
@@ -158,6 +164,31 @@ def convert_hf_to_ms(src: str, dst: str, *, family: str | None = None, dtype: st
         opts = dict(dtype=dtype, fmt=fmt, max_bytes=max_bytes, overwrite=overwrite, progress=progress,
                     chunk_bytes=chunk_bytes)
         return _write_ms(source, ms_outputs(view, names), config, dst, opts, [src], meta, keep_config=src)
+
+
+def _source_keys(tensor):
+    """Source tensor names a Virtual reads (through Transposed blocks too)."""
+    for part in tensor.segments:
+        if isinstance(part, Transposed):
+            yield from _source_keys(part.inner)
+        else:
+            yield part.key
+
+
+def _check_finite(source, view, chunk_bytes: int, progress: bool) -> None:
+    """One chunked read of every source tensor the output uses (before anything is written): a NaN / Inf
+    weight is one error naming the tensor, never a converted model that prints empty answers."""
+    keys = sorted({key for tensor in view.values() for key in _source_keys(tensor)})
+    total = sum(source.infos[k].numel * BY_NAME[source.infos[k].dtype].itemsize for k in keys)
+    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="check finite",
+              disable=not progress) as bar:
+        for key in keys:
+            info = source.infos[key]
+            step = max(1, chunk_bytes // BY_NAME[info.dtype].itemsize)
+            for start in range(0, info.numel, step):
+                stop = min(start + step, info.numel)
+                integrity.check_finite(source.read(key, start, stop), info.dtype, key, source.description, start)
+                bar.update((stop - start) * BY_NAME[info.dtype].itemsize)
 
 
 def convert_mindformers_to_ms(src: str, dst: str, *, config: str | None = None, dtype: str | None = None,
