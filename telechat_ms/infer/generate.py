@@ -7,6 +7,8 @@ from typing import Callable
 
 import numpy as np
 
+from ..config.base import ConfigError
+
 from ..config.generation import GenerationConfig
 from .engine import KVCacheSession
 from .sampling import TokenSelector
@@ -69,6 +71,7 @@ def generate(model, prompts: list[list[int]], config: GenerationConfig, pad_id: 
     seen, done = ids, np.zeros(len(prompts), bool)
     decode_start = time.perf_counter()
     for step in range(steps):
+        _check_finite(logits, step)
         next_ids = np.where(done, pad_id, selector(logits, seen)).astype(np.int32)
         seen = np.concatenate([seen, next_ids[:, None]], axis=1)
         for row in np.flatnonzero(~done):
@@ -79,6 +82,15 @@ def generate(model, prompts: list[list[int]], config: GenerationConfig, pad_id: 
         result.decode_steps += 1
     result.decode_seconds = time.perf_counter() - decode_start
     return result
+
+
+def _check_finite(logits: np.ndarray, step: int) -> None:
+    """NaN / Inf logits (corrupt weights, fp16 overflow) would decode as an arbitrary or empty answer."""
+    if not np.isfinite(logits).all():
+        rows = np.flatnonzero(~np.isfinite(logits).all(axis=-1)).tolist()
+        raise ConfigError(f"the model produced non-finite logits (NaN/Inf) at generated token {step} for batch "
+                         f"rows {rows}: the weights or the compute dtype are broken (telechat-ms verify DIR checks "
+                         "the files; convert with hf2ms, which refuses non-finite weights)")
 
 
 def _record(result, row, token, config, on_token, stop_check) -> bool:
