@@ -345,3 +345,13 @@ def _validate_config(config, par, seq):
     from telechat_ms.parallel.strategies import shard_model
     net = shard_model(build_abstract_model(config, Kernels.for_device("Ascend")), par)
     return validate(net, par, par.data_parallel * par.micro_batch_num, seq)
+
+
+def test_cli_predict_yaml_takes_layout_overrides(capsys):
+    """--mp on a predict yaml is applied, not ignored: Aquila2-70B in bf16 on one NPU (140 GB of weights)
+    does not fit."""
+    path = os.path.join(YAMLS, "aquila2", "predict_aquila2_70b.yaml")
+    assert main(["--config", path, "--mp", "1", "--no-validate"]) == 1
+    out = capsys.readouterr().out
+    assert "(1 devices)" in out and "DOES NOT FIT" in out
+    assert main(["--config", path, "--devices", "8", "--no-validate"]) == 2      # the yaml's layout has 4

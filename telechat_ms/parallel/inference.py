@@ -108,11 +108,10 @@ def evaluate_inference(config, parallel, work: Workload, hw: Hardware, cache_tok
     return estimate_inference(config, parallel, work, hw, cache_tokens)
 
 
-def plan_predict(config, run, source: str, work: Workload, hw: Hardware, validate: bool = True) -> int:
-    """`telechat-ms plan --config predict_*.yaml`: print the inference estimate (and the static validation of
-    the layout's strategies at the prefill shapes); exit status 0 fits, 1 does not fit."""
-    from . import run_yaml   # pylint: disable=import-outside-toplevel
-    parallel = run_yaml.parallel_config_of(run, source)
+def plan_predict(config, run, parallel, work: Workload, hw: Hardware, validate: bool = True) -> int:
+    """`telechat-ms plan --config predict_*.yaml`: print the inference estimate of `parallel` (the yaml's layout
+    with any CLI overrides) and the static validation of its strategies at the prefill shapes; exit status
+    0 fits, 1 does not fit."""
     cache = cache_tokens_of(run, work.micro_batch_size, work.seq_len)
     est = evaluate_inference(config, parallel, work, hw, cache)
     print(f"{config.family} {config.num_parameters() / 1e9:.2f}B params, predict (run_mode {run.get('run_mode')!r})")

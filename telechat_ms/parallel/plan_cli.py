@@ -195,12 +195,12 @@ def run(args) -> int:
     run_cfg = run_yaml.load_run_yaml(args.config) if args.config else None
     config = _model(args, run_cfg)
     work, hw = _settings(args, run_cfg)
-    if run_cfg is not None and run_cfg.get("run_mode") == "predict":      # inference: no optimizer states
-        return plan_predict(config, run_cfg, args.config, work, hw, validate=not args.no_validate)
     layout = _explicit_layout(args, run_cfg, config)
     if layout is not None:
         if args.devices is not None and args.devices != layout.device_num:
             raise ConfigError(f"--devices {args.devices} != dp*mp*pp = {layout.device_num}")
+        if run_cfg is not None and run_cfg.get("run_mode") == "predict":      # inference: no optimizer states
+            return plan_predict(config, run_cfg, layout, work, hw, validate=not args.no_validate)
         plan = evaluate(config, layout, work, hw)
     else:
         fixed = {"dp": args.dp, "mp": args.mp, "pp": args.pp, "ep": args.ep, "micro_batch_num": args.micro_batch_num, "seq_parallel": not args.no_seq_parallel,
