@@ -12,7 +12,7 @@ setup(
         "mindformers==1.9.0",
         "numpy<2",
         "sentencepiece",
-        "tokenizers",          # HF tokenizer.json / GPT-2 BPE checkpoints (TeleChat-7B, Aquila2)
+        "tokenizers>=0.15",    # HF tokenizer.json / GPT-2 BPE checkpoints (TeleChat-7B, Aquila2)
         "jinja2>=3.1",         # chat templates, rendered as transformers' apply_chat_template does
         "pyyaml",
         "safetensors",

@@ -90,6 +90,25 @@ def test_telechat12b_control_pieces_are_tokens(root):
     assert ref("<_user>")["input_ids"] != [user]                   # what HF does with the text
 
 
+def test_telechat12b_single_word_config(root, tmp_path):
+    """TeleChat-12B's published tokenizer_config.json marks <_end> (as unk) and <_start> single_word: HF merges
+    "a<_end>" back into text and splits it into plain pieces; the control piece still becomes id 2 here."""
+    from transformers import LlamaTokenizer
+    directory = tmp_path / "t12"
+    shutil.copytree(tt.telechat12b_dir(root), directory)
+    word = {"__type": "AddedToken", "lstrip": False, "normalized": True, "rstrip": False, "single_word": True}
+    tt.write_json(str(directory / "tokenizer_config.json"), {
+        "tokenizer_class": "TelechatTokenizer", "add_bos_token": False, "add_eos_token": False,
+        "eos_token": dict(word, content="<_start>"), "pad_token": dict(word, content="<_pad>"),
+        "unk_token": dict(word, content="<_end>")})
+    ours = load_tokenizer(str(directory))
+    end = ours.token_to_id("<_end>")
+    assert end == 2 and ours.encode("<_user>q<_bot>a<_end>")[-1] == end
+    assert ours.encode("a <_end>")[-1] == end
+    ref = LlamaTokenizer.from_pretrained(str(directory), legacy=True)
+    assert ref("a<_end>")["input_ids"][-1] != end and ref("a <_end>")["input_ids"][-1] == end
+
+
 def test_gpt2_bpe_pair_equals_gpt2_fast(root):
     """Aquila2 2023 layout (vocab.json + merges.txt, added_tokens.json, special_tokens_map.json)."""
     from transformers import GPT2TokenizerFast

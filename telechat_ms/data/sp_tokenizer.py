@@ -9,9 +9,10 @@ ship a `tokenizer.model`. What is reproduced, because it changes ids:
     `▁`; `legacy: false`: the dummy prefix is turned off, the text gets one leading `▁` (add_prefix_space) and
     chunks that start with a space are encoded behind the unk token, exactly as LlamaTokenizer does;
   * `add_bos_token` (LlamaTokenizer default true) / `add_eos_token` (default false) when add_special_tokens.
-One deliberate addition: SentencePiece *control* pieces that the config does not register as added tokens
-(TeleChat-12B's `<_user>` / `<_bot>`, ids 20/21) are also recognised in text as their ids. The official code
-inserts them as ids; a text template can only reach them this way (HF would split them into plain pieces).
+One deliberate addition: SentencePiece *control* pieces still in a text chunk after the added-token split
+(TeleChat-12B's `<_user>` / `<_bot>`, ids 20/21, which its config does not register; a control piece a
+single_word flag merged back into the text) are recognised as their ids. The official code inserts them as
+ids; a text template can only reach them this way (HF would split them into plain pieces).
 """
 from __future__ import annotations
 
@@ -45,11 +46,17 @@ def load_sentencepiece(model_path: str, add_dummy_prefix: bool | None = None):
         if add_dummy_prefix is None:
             sp.Load(model_path)
         else:
-            from sentencepiece import sentencepiece_model_pb2  # pylint: disable=import-outside-toplevel
+            try:
+                from sentencepiece import sentencepiece_model_pb2  # pylint: disable=import-outside-toplevel
+            except ImportError as exc:
+                raise TokenizerError(f"{model_path}: legacy=false needs the protobuf package to rewrite the model's "
+                                     f"normalizer ({exc})") from None
             with open(model_path, "rb") as fh:
                 proto = sentencepiece_model_pb2.ModelProto.FromString(fh.read())
             proto.normalizer_spec.add_dummy_prefix = add_dummy_prefix
             sp.LoadFromSerializedProto(proto.SerializeToString())
+    except TokenizerError:
+        raise
     except Exception as exc:  # noqa: BLE001  sentencepiece/protobuf raise RuntimeError, OSError, DecodeError
         raise TokenizerError(f"{model_path}: not a SentencePiece model ({type(exc).__name__}: {exc})") from None
     return sp
@@ -109,8 +116,9 @@ class SentencePieceTokenizer(BaseTokenizer):
                                               spec.normalized)
             self._encoder[spec.content] = tid
         self.vocab_size = max([size] + [tid + 1 for tid in self._added])
-        self._controls = {self.sp.IdToPiece(i): i for i in range(size)
-                          if self.sp.IsControl(i) and self.sp.IdToPiece(i) not in self._encoder}
+        # control pieces left in a text chunk (never registered, or merged back by a single_word flag, as
+        # TeleChat-12B's config does with <_end>) cannot come from SentencePiece: they are their ids
+        self._controls = {self.sp.IdToPiece(i): i for i in range(size) if self.sp.IsControl(i)}
         self._added_re = _alternation(self._encoder)
         self._control_re = _alternation(self._controls)
         self._special_strings = set(self.all_special_tokens)
