@@ -18,7 +18,7 @@ import yaml
 from telechat_ms.config.base import ConfigError
 from telechat_ms.config.train import CheckpointConfig, LossScaleConfig, LrScheduleConfig, TrainConfig
 from telechat_ms.train import checkpoint as ckpt
-from telechat_ms.train.cli import train_main
+from telechat_ms.train.cli import build_train_parser, train_main
 from telechat_ms.train.trainer import Trainer, TrainingError, load_run
 
 from .test_train import TINY_YAML, write_synthetic
@@ -80,6 +80,7 @@ def test_fresh_run_into_a_used_output_dir_is_refused(data, tmp_path, capsys):
     result = trainer(data, out, stop_step=2, checkpoint=every(1, 1), overwrite_output_dir=True).train()
     assert sorted(os.listdir(root)) == ["latest", "step_00000002"]
     assert ckpt.latest(str(root)) == result.checkpoint and log_steps(out) == [1, 2]
+    assert build_train_parser().parse_args(["--config", "x", "--overwrite_output_dir"]).overwrite_output_dir
     with pytest.raises(ConfigError, match="overwrite_output_dir.*resume_training"):
         trainer(data, out, resume=True, overwrite_output_dir=True)
     with pytest.raises(ConfigError, match="lies in .*which overwrite_output_dir would delete"):
@@ -276,6 +277,10 @@ def test_missing_load_checkpoint_names_the_path(data, tmp_path, capsys):
                        "--load_checkpoint", missing]) == 2
     err = one_error_line(capsys)
     assert err == f"error: load_checkpoint: {missing}: no such file or directory"
+    os.mkdir(missing)                     # a directory without model_config.yaml is not silently ignored
+    assert train_main(["--config", derived_yaml(tmp_path), "--train_dataset", data,
+                       "--output_dir", str(tmp_path / "o"), "--load_checkpoint", missing]) == 2
+    assert f"load_checkpoint: {missing}: no model_config.yaml in this directory" in one_error_line(capsys)
 
 
 def test_weights_of_other_shapes_are_one_error_line(data, tmp_path, capsys):

@@ -208,7 +208,7 @@ class Trainer:
         if self.config.run_mode == "finetune" and not self.config.load_checkpoint:
             raise ConfigError(f"{self.config.source}: run_mode finetune needs load_checkpoint (a directory written "
                               "by convert/hf2ms.py or a training checkpoint); use run_mode train for random weights")
-        if base_dir and os.path.isdir(base_dir) and not self.model_overrides:
+        if base_dir and os.path.isdir(base_dir):      # neither a model nor a step directory: never ignore it
             raise ConfigError(f"load_checkpoint: {base_dir}: no {MODEL_CONFIG} in this directory (expected a "
                               "converted model directory or a step_* training checkpoint)")
         if not self.model_overrides:
