@@ -394,3 +394,40 @@ def test_loss_mask_edge_conversations(tokenizers):
     assert set(labels) == {-100}
     with pytest.raises(ct.TemplateError, match="non-empty list"):
         ct.render_training(tok, [])
+
+
+# ---- chat sessions with any template (generation scripted: the model is not what is tested here) ---------
+def test_chat_session_uses_template_and_stop_strings(tokenizers, monkeypatch):
+    from types import SimpleNamespace
+
+    import telechat_ms.infer.chat as chat_module
+    from telechat_ms.config.generation import GenerationConfig
+    from telechat_ms.infer.generate import GenerationResult
+    tok = tokenizers["aquila"]
+    script = tok.encode("Fine, thanks.###Human: more", add_special_tokens=False)
+    seen = []
+
+    def scripted(model, prompts, config, max_len, on_token=None, stop_check=None):
+        seen.append(prompts[0])
+        result = GenerationResult(tokens=[[]], stop_reason=["length"])
+        for token in script:
+            result.tokens[0].append(token)
+            on_token(0, token)
+            if stop_check is not None and stop_check(0, result.tokens[0]):
+                result.stop_reason[0] = "stop_string"
+                break
+        return result
+
+    monkeypatch.setattr(chat_module, "generate", scripted)
+    model = SimpleNamespace(config=SimpleNamespace(vocab_size=tok.vocab_size, eos_token_id=tok.eos_id,
+                                                   pad_token_id=tok.pad_id, seq_length=512))
+    session = chat_module.ChatSession(model, tok, GenerationConfig(eos_token_id=[tok.eos_id]), template="aquila-chat")
+    streamed = []
+    answer, result = session.ask("How are you?", on_text=streamed.append)
+    assert answer == "Fine, thanks." == "".join(streamed) and result.stop_reason == ["stop_string"]
+    assert seen[0] == ct.render_ids(tok, [{"role": "user", "content": "How are you?"}], "aquila-chat",
+                                    add_generation_prompt=True)
+    session.ask("And you?")
+    assert tok.decode(seen[1]).endswith("###Human: How are you?###Assistant: Fine, thanks.###Human: And you?"
+                                        "###Assistant: ")
+    assert session.stop_strings == ["###", "</s>", "[UNK]"]

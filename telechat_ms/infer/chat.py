@@ -1,4 +1,5 @@
-"""Chat on top of generate(): chat template, multi-turn history, stop strings, streaming text."""
+"""Chat on top of generate(): chat template (any built-in, checkpoint or file template), multi-turn history,
+stop strings (the template's plus the generation config's), streaming text."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,7 +7,8 @@ from typing import Callable
 
 from ..config.base import ConfigError
 from ..config.generation import GenerationConfig
-from ..data.chat_template import DEFAULT_SYSTEM_PROMPT, render_ids
+from ..data.chat_template import render_ids, resolve_template
+from ..data.stops import answer_text, has_stop, stop_strings_for
 from .generate import GenerationResult, generate
 
 
@@ -26,31 +28,40 @@ def check_tokenizer_fits(tokenizer, model_config) -> None:
 
 
 class ChatSession:
-    """Keeps the conversation; `ask()` renders it with the chat template and generates the answer."""
+    """Keeps the conversation; `ask()` renders it with the chat template and generates the answer.
+
+    `template`: a ChatTemplate, a built-in name or a jinja file (telechat_ms.data.resolve_template); `style`
+    (chat / mindformers) is the older spelling of the two TeleChat2 templates and is used when template is None.
+    A system message is added only when `system` is given (the TeleChat2 template adds its default itself).
+    """
 
     def __init__(self, model, tokenizer, config: GenerationConfig, system: str | None = None,
-                 style: str = "chat", max_length: int | None = None):
+                 style: str = "chat", max_length: int | None = None, template=None):
         check_tokenizer_fits(tokenizer, model.config)
-        self.model, self.tokenizer, self.config, self.style = model, tokenizer, config, style
+        self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.template = resolve_template(template if template is not None else style)
+        self.stop_strings = stop_strings_for(self.template, config.stop_strings)
         self.max_length = max_length or model.config.seq_length
-        self.messages: list[dict] = []
-        if style == "chat":
-            self.messages.append({"role": "system", "content": system or DEFAULT_SYSTEM_PROMPT})
+        self.messages: list[dict] = [{"role": "system", "content": system}] if system else []
 
     def prompt_ids(self, question: str) -> list[int]:
         messages = self.messages + [{"role": "user", "content": question}]
-        return render_ids(self.tokenizer, messages, style=self.style, add_generation_prompt=True)
+        return render_ids(self.tokenizer, messages, self.template, add_generation_prompt=True)
 
     def ask(self, question: str, on_text: Callable[[str], None] | None = None) -> tuple[str, GenerationResult]:
         ids = self.prompt_ids(question)
-        answer, result = complete(self.model, self.tokenizer, [ids], self.config, self.max_length, on_text)
-        self.messages += [{"role": "user", "content": question}, {"role": "bot", "content": answer[0]}]
+        answer, result = complete(self.model, self.tokenizer, [ids], self.config, self.max_length, on_text,
+                                  stop_strings=self.stop_strings)
+        self.messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer[0]}]
         return answer[0], result
 
 
 def complete(model, tokenizer, prompts: list[list[int]], config: GenerationConfig, max_length: int,
-             on_text: Callable[[str], None] | None = None) -> tuple[list[str], GenerationResult]:
-    """Generate for id prompts; returns decoded answers (cut at stop strings) and the raw result."""
+             on_text: Callable[[str], None] | None = None,
+             stop_strings: list[str] | None = None) -> tuple[list[str], GenerationResult]:
+    """Generate for id prompts; returns decoded answers (cut at stop strings, telechat_ms.data.stops) and the
+    raw result. `stop_strings` defaults to config.stop_strings."""
+    stops = list(config.stop_strings if stop_strings is None else stop_strings)
     longest = max(len(p) for p in prompts)
     if longest >= max_length:
         raise InferenceError(f"prompt of {longest} tokens does not fit max_length={max_length} "
@@ -64,24 +75,17 @@ def complete(model, tokenizer, prompts: list[list[int]], config: GenerationConfi
         if on_text is None or row != 0:
             return
         streamed.append(token)
-        text = _cut(tokenizer.decode(streamed), config.stop_strings)
+        text = answer_text(tokenizer, streamed, stops)[0]
         if text.startswith(printed) and not text.endswith("\ufffd"):       # wait for complete characters
             on_text(text[len(printed):])
             printed = text
 
     def stop_check(row: int, tokens: list[int]) -> bool:
-        text = tokenizer.decode(tokens)
-        return any(s in text for s in config.stop_strings)
+        return has_stop(tokenizer, tokens, stops)
 
     result = generate(model, prompts, config, max_len=max_length, on_token=on_token,
-                      stop_check=stop_check if config.stop_strings else None)
-    answers = [_cut(tokenizer.decode(t), config.stop_strings) for t in result.tokens]
+                      stop_check=stop_check if stops else None)
+    answers = [answer_text(tokenizer, t, stops)[0] for t in result.tokens]
     if on_text is not None and len(answers[0]) > len(printed) and answers[0].startswith(printed):
         on_text(answers[0][len(printed):])
     return answers, result
-
-
-def _cut(text: str, stop_strings: list[str]) -> str:
-    """Text up to (excluding) the first stop string."""
-    cut = min((text.find(s) for s in stop_strings if s in text), default=-1)
-    return text if cut < 0 else text[:cut]
