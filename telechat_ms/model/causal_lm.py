@@ -64,7 +64,10 @@ class TelechatForCausalLM(nn.Cell):
         return logits
 
     def shard(self, parallel) -> None:
-        """Shard the whole model; lm_head is vocab-parallel like the loss that reads its logits."""
+        """Shard the whole model; lm_head is vocab-parallel like the loss that reads its logits (and the logit
+        multiplier, an op of this cell)."""
+        from ..parallel.strategies import shard_cell   # pylint: disable=import-outside-toplevel
+        shard_cell(self, parallel)
         self.model.shard(parallel)
         self.lm_head.shard(parallel, "head")
         self.loss.shard(parallel)

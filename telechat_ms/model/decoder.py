@@ -125,7 +125,10 @@ class TelechatModel(nn.Cell):
         return self.norm_out(x), aux
 
     def shard(self, parallel) -> None:
-        """Embedding, layers and final norm; `self.rotary` only builds host tables (no primitive runs)."""
+        """Own ops (the embedding multiplier), embedding, layers and final norm; `self.rotary` only builds host
+        tables (no primitive runs)."""
+        from ..parallel.strategies import shard_cell   # pylint: disable=import-outside-toplevel
+        shard_cell(self, parallel)
         self.tok_embeddings.shard(parallel)
         if self.embed_norm:
             self.tok_embeddings_norm.shard(parallel)

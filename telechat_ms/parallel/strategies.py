@@ -272,9 +272,7 @@ def shard_cell(cell, parallel) -> None:
 
 
 def shard_model(model, parallel):
-    """model.shard(parallel) plus the plans of the two top cells' own ops (mul_embed, mul_logits), which
-    TelechatModel.shard / TelechatForCausalLM.shard do not apply themselves; idempotent. Returns `model`."""
+    """model.shard(parallel) (which applies every cell's plan, the multipliers of the two top cells included);
+    kept as the one entry point the planner, validator and tests call. Returns `model`."""
     model.shard(parallel)
-    for cell in (model.model, model):
-        apply_plan(cell, plan_for(cell, parallel))
     return model
