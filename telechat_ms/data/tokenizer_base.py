@@ -94,8 +94,13 @@ class BaseTokenizer:
 
     @property
     def special_ids(self) -> frozenset:
-        """HF `all_special_ids`: what decode(skip_special_tokens=True) drops."""
-        return frozenset(i for i in (self._lookup(t) for t in self.all_special_tokens) if i is not None)
+        """HF `all_special_ids`: what decode(skip_special_tokens=True) drops (computed once: the token table is
+        fixed after loading, and stop checks ask for it at every generated token)."""
+        cached = self.__dict__.get("_special_id_cache")
+        if cached is None:
+            cached = frozenset(i for i in (self._lookup(t) for t in self.all_special_tokens) if i is not None)
+            self.__dict__["_special_id_cache"] = cached
+        return cached
 
     @property
     def has_tool_tokens(self) -> bool:
