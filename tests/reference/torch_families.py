@@ -146,6 +146,9 @@ def random_telechat1_state(cfg: dict, seed: int = 0, std: float = 0.08) -> dict[
     if not cfg.get("tie_word_embeddings", True):
         return state
     del state["lm_head.weight"]
+    # the table is the lm_head too: give it an lm_head's scale (std 1 would make logits ~70 and an fp32 loss
+    # of ~60, whose rounding alone approaches the 1e-5 loss tolerance)
+    state["transformer.word_embeddings.weight"] *= np.float32(std)
     return {k[len("transformer."):]: v for k, v in state.items()}
 
 
