@@ -96,7 +96,8 @@ def _llama(cfg: dict, **overrides) -> LlamaForCausalLM:
 def _mup(cfg: dict) -> tuple[float, float]:
     if not cfg.get("use_mup"):
         return 1.0, 1.0
-    return float(cfg.get("input_mult", 1.0)), float(cfg.get("output_mult", 1.0)) / float(cfg.get("mup_scale_factor", 1.0))
+    out_mult = float(cfg.get("output_mult", 1.0)) / float(cfg.get("mup_scale_factor", 1.0))
+    return float(cfg.get("input_mult", 1.0)), out_mult
 
 
 def _load(model: LlamaForCausalLM, state: dict[str, np.ndarray]) -> None:
