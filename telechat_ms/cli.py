@@ -20,12 +20,13 @@ def _count(n: int) -> str:
 def _cmd_info(args) -> int:
     from .config.model import PRESETS, TelechatConfig
     names = [args.model] if args.model else list(PRESETS)
-    print(f"{'preset':10} {'layers':>6} {'hidden':>6} {'heads':>5} {'kv':>3} {'ffn':>6} {'experts':>7} {'params':>10} {'active':>10}")
+    print(f"{'preset':22} {'family':12} {'layers':>6} {'hidden':>6} {'heads':>5} {'kv':>3} {'ffn':>6} {'experts':>7} "
+          f"{'params':>16} {'active':>10}")
     for name in names:
         c = TelechatConfig.preset(name)
         experts = f"{c.num_experts}/{c.num_experts_per_tok}" if c.is_moe else "-"
-        print(f"{name:10} {c.num_layers:6d} {c.hidden_size:6d} {c.num_heads:5d} {c.num_kv_heads:3d} "
-              f"{c.ffn_hidden_size:6d} {experts:>7} {_count(c.num_parameters()):>10} "
+        print(f"{name:22} {c.family:12} {c.num_layers:6d} {c.hidden_size:6d} {c.num_heads:5d} {c.num_kv_heads:3d} "
+              f"{c.ffn_hidden_size:6d} {experts:>7} {c.num_parameters():>16,d} "
               f"{_count(c.num_parameters(active=True)):>10}")
     return 0
 

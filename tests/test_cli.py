@@ -11,6 +11,8 @@ def test_info_lists_presets_with_counts(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "115b" in out and "113.28B" in out and "39b_a12b" in out and "12.15B" in out
+    line = next(row for row in out.splitlines() if row.startswith("telechat1_7b "))
+    assert line.split()[1] == "telechat1" and "7,200,018,432" in line      # the published index size / 2
 
 
 def test_info_unknown_preset_is_a_clear_error(capsys):
