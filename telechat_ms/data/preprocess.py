@@ -9,11 +9,12 @@ contract: telechat_ms/data/packing.py and docs/data.md. Exit codes: 0 ok, 2 bad 
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import random
+import signal
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
@@ -235,9 +236,12 @@ class AtomicMindRecord:
 
     def __enter__(self):
         from mindspore.mindrecord import FileWriter  # pylint: disable=import-outside-toplevel
-        parent = os.path.dirname(self.output)
+        from ..io.tempdirs import make_owned_tempdir, remove_stale_tempdirs  # pylint: disable=import-outside-toplevel
+        parent, base = os.path.dirname(self.output), os.path.basename(self.output)
         os.makedirs(parent, exist_ok=True)
-        self.tmpdir = tempfile.mkdtemp(prefix=f".{os.path.basename(self.output)}.tmp-", dir=parent)
+        # leftovers of a killed run into the same output (never a live run's): removed, and said so on stderr
+        remove_stale_tempdirs(parent, f".{glob.escape(base)}.tmp-*", what="partial preprocess output")
+        self.tmpdir = make_owned_tempdir(parent, f".{base}.tmp-")
         self.writer = FileWriter(os.path.join(self.tmpdir, os.path.basename(self.output)), shard_num=1,
                                  overwrite=True)
         # MindRecord's default 32 MB pages make a tiny file 50 MB (sparse); short rows get smaller pages
@@ -339,17 +343,49 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _family_defaults(tokenizer: str, fields: dict) -> dict:
+    """A converted model directory as --tokenizer: its family's tokenizer kind and default template (explicit
+    flags win)."""
+    config_path = os.path.join(tokenizer, "model_config.yaml")
+    if not os.path.isfile(config_path):
+        return {}
+    from ..config.model import TelechatConfig   # pylint: disable=import-outside-toplevel
+    from ..families import get   # pylint: disable=import-outside-toplevel
+    family = get(TelechatConfig.from_yaml(config_path).family)
+    out = {}
+    if fields.get("tokenizer_kind", "auto") == "auto" and family.tokenizer_kind != "auto":
+        out["tokenizer_kind"] = family.tokenizer_kind
+    if fields.get("default_template") is None:
+        out["default_template"] = family.default_template
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:          # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0)
+    previous = signal.signal(signal.SIGTERM, _sigterm)   # timeout / Slurm / Kubernetes: clean up like Ctrl-C
     try:
-        opts = Options(**{k: v for k, v in vars(args).items() if k not in ("input", "output", "tokenizer")})
+        fields = {k: v for k, v in vars(args).items() if k not in ("input", "output", "tokenizer")}
+        opts = Options(**{**fields, **_family_defaults(args.tokenizer, fields)})
         summary = preprocess(args.input, args.output, args.tokenizer, opts)
     except ConfigError as exc:         # DataError, TokenizerError, TemplateError: bad input
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:             # read-only or full disk: the temp directory is removed, nothing written
+        print(f"error: {args.output}: cannot write: {exc.strerror or exc}"
+              f"{f' ({exc.filename})' if exc.filename else ''}; nothing was written", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(summary.format())
     print(f"  output: {os.path.abspath(resolve_output(args.output))} (+ .db)")
     return 0

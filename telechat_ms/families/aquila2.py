@@ -5,7 +5,8 @@ Facts: spec families.md §4. Both the 2023 configs (vocab 100008, bos 100006 / e
 2024 re-uploads (vocab 143973, bos 143717 / eos 143718, theta 1e6) convert: every value comes from config.json.
 AquilaChat2-34B-16K uses rope_scaling linear x4. The checkpoint -> template map of FlagAI's predict():
 AquilaChat2-7B aquila-v1, AquilaChat2-34B aquila-legacy, AquilaChat2-70B-Expr aquila-v2, *-16K aquila; the
-family default is conversation.py's default `aquila-chat` (pass --chat-template for the others).
+family default is conversation.py's default `aquila-chat` (pass --chat-template for the others). Output is
+cut at `[UNK]` and `</s>` for every template; `###` is a stop of the `###`-separated templates only.
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def detect(data, keys) -> bool:
 
 FAMILY = register(Family(
     name="aquila2", description="Aquila2 / AquilaChat2 7B, 34B (GQA), 70B-Expr (GQA), 16K (linear RoPE x4)",
-    presets=PRESETS, tokenizer_kind="hf", default_template="aquila-chat", stop_strings=("###", "[UNK]", "</s>"),
+    presets=PRESETS, tokenizer_kind="hf", default_template="aquila-chat", stop_strings=("[UNK]", "</s>"),
     hf_aliases=llama_common.ALIASES, detect=detect, config_from_hf=config_from_hf, config_to_hf=config_to_hf,
     hf_layout=llama_common.HF_LAYOUT,
 ))

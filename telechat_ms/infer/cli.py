@@ -29,8 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="let --output replace an existing file")
     p.add_argument("--interactive", action="store_true", help="chat in the terminal, keeping the history")
     p.add_argument("--system", help="system prompt (default: the TeleChat2 default)")
-    p.add_argument("--template", choices=("chat", "mindformers"), default="chat")
-    p.add_argument("--tokenizer", help="tokenizer.model or dir (default: the model dir)")
+    p.add_argument("--chat-template", help="built-in template name or jinja file (default: the checkpoint's "
+                   "chat_template, else the model family's default; names in docs/data.md)")
+    p.add_argument("--template", choices=("chat", "mindformers"), default=None,
+                   help="TeleChat2 shorthand: chat = the official template, mindformers = the MindFormers SFT layout")
+    p.add_argument("--tokenizer", help="tokenizer file or dir (default: the model dir)")
+    p.add_argument("--tokenizer-kind", choices=("telechat2", "sentencepiece", "hf", "auto"), default=None,
+                   help="default: the model family's kind")
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--max-length", type=int,
                    help="KV cache size = prompt + answer tokens (default: the model's seq_length)")
@@ -52,6 +57,8 @@ def check_args(args) -> None:
     """Refuse impossible flags before anything is loaded (a 0 is never "the default")."""
     bad = [f"--{name.replace('_', '-')} must be >= 1, got {value}"
            for name in ("max_length", "tp") if (value := getattr(args, name)) is not None and value < 1]
+    if args.template and args.chat_template:
+        bad.append("--template and --chat-template both name a template: pass one")
     if args.output and not args.input:
         bad.append("--output is for --input (answers to --prompt / --interactive go to stdout)")
     elif args.output:
@@ -84,20 +91,40 @@ def _warn_if_cut(result, row: int, max_new_tokens: int, prompt: str, max_length:
               "prompt", file=sys.stderr)
 
 
-def generation_config(args) -> GenerationConfig:
-    """generation_config.json of the model dir (if any), then command-line overrides."""
+def generation_config(args, model_config=None) -> GenerationConfig:
+    """generation_config.json of the model dir (if any; else eos from the model config), then command-line
+    overrides; the model family's stop strings (e.g. Aquila2's [UNK], </s>) come before --stop."""
     path = os.path.join(args.model, "generation_config.json")
-    config = GenerationConfig.from_json(path) if os.path.isfile(path) else GenerationConfig()
+    if os.path.isfile(path):
+        config = GenerationConfig.from_json(path)
+    else:
+        config = GenerationConfig() if model_config is None else GenerationConfig(
+            eos_token_id=[model_config.eos_token_id])
+    stops = list(_family(model_config).stop_strings) if model_config is not None else []
+    stops += list(args.stop or config.stop_strings or [])
     overrides = {k: v for k, v in dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
                                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                       repetition_penalty=args.repetition_penalty, stop_strings=args.stop,
+                                       repetition_penalty=args.repetition_penalty, stop_strings=stops or None,
                                        seed=args.seed).items() if v is not None}
     return dataclasses.replace(config, **overrides)
 
 
+def _family(model_config):
+    from ..families import get   # pylint: disable=import-outside-toplevel
+    return get(model_config.family)
+
+
+def chat_template(args, model_config):
+    """--chat-template / --template, else the checkpoint's chat_template, else the family default."""
+    from ..data.chat_template import resolve_template   # pylint: disable=import-outside-toplevel
+    name = args.chat_template or args.template
+    return resolve_template(name, tokenizer_dir=args.tokenizer or args.model,
+                            default=_family(model_config).default_template)
+
+
 def _load(args):
     import mindspore as ms
-    from ..data.tokenizer import TelechatTokenizer
+    from ..data.tokenizer import load_tokenizer
     from ..model import Kernels, TelechatForCausalLM
     ms.set_context(mode=ms.GRAPH_MODE if args.mode == "graph" else ms.PYNATIVE_MODE)
     if ms.get_context("device_target") != args.device_target:   # fixed once used (e.g. by a TP worker's init())
@@ -109,7 +136,8 @@ def _load(args):
     else:
         model = TelechatForCausalLM.from_pretrained(args.model, kernels)
     model.set_train(False)
-    return model, TelechatTokenizer(args.tokenizer or args.model)
+    kind = args.tokenizer_kind or _family(model.config).tokenizer_kind
+    return model, load_tokenizer(args.tokenizer or args.model, kind=None if kind == "auto" else kind)
 
 
 def _is_lead(model) -> bool:
@@ -125,6 +153,7 @@ def _report(result, out) -> None:
 def _run_batch(args, model, tokenizer, config) -> int:
     from ..data.chat_template import render_ids
     from .chat import complete
+    template = chat_template(args, model.config)
     rows, prompts, linenos = [], [], []
     with open(args.input, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
@@ -133,9 +162,9 @@ def _run_batch(args, model, tokenizer, config) -> int:
             try:
                 row = json.loads(line)
                 messages = row["messages"] if "messages" in row else [{"role": "user", "content": row["prompt"]}]
-                if args.template == "chat" and messages[0].get("role") != "system" and args.system:
+                if messages[0].get("role") != "system" and args.system:
                     messages = [{"role": "system", "content": args.system}] + messages
-                prompts.append(render_ids(tokenizer, messages, style=args.template, add_generation_prompt=True))
+                prompts.append(render_ids(tokenizer, messages, template, add_generation_prompt=True))
             except (json.JSONDecodeError, KeyError, TypeError, IndexError, ConfigError) as exc:
                 raise ConfigError(f"{args.input}:{lineno}: expected {{\"prompt\": str}} or {{\"messages\": "
                                   f"[...]}}: {exc}") from None
@@ -191,8 +220,8 @@ def _read_question() -> str | None:
 
 def _run_chat(args, model, tokenizer, config) -> int:
     from .chat import ChatSession
-    session = ChatSession(model, tokenizer, config, system=args.system, style=args.template,
-                          max_length=args.max_length)
+    session = ChatSession(model, tokenizer, config, system=args.system, max_length=args.max_length,
+                          template=chat_template(args, model.config))
     lead = _is_lead(model)
     stream = None if args.no_stream or not lead else (lambda t: print(t, end="", flush=True))
     questions = [args.prompt] if args.prompt else None
@@ -230,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         check_args(args)
-        config = generation_config(args)
+        from ..io.checkpoint import read_config   # pylint: disable=import-outside-toplevel
+        config = generation_config(args, read_config(args.model))
         with _interruptible():
             model, tokenizer = _load(args)
             if args.input:

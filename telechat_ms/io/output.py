@@ -24,8 +24,10 @@ from .errors import ConvertError
 from .integrity import fsync_path, fsync_tree, record_checksums
 from .tempdirs import make_owned_tempdir, remove_stale_tempdirs
 
+# copied beside converted weights and into every training checkpoint, so each is a complete model directory:
+# SentencePiece, tokenizer.json, and the GPT-2 BPE pair + added tokens of Aquila2-style checkpoints
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json",
-                   "tokenizer.json", "chat_template.jinja")
+                   "tokenizer.json", "chat_template.jinja", "vocab.json", "merges.txt", "added_tokens.json")
 STAGING_TAG = ".partial-"
 STALE_PATTERN = ".*" + STAGING_TAG + "*"
 KILL_ENV = "TELECHAT_MS_TEST_KILL_AT"     # tests: SIGKILL this process at a named point (as train/checkpoint.py)
