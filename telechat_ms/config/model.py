@@ -72,10 +72,17 @@ class TelechatConfig:
     # num_heads/tp heads. Stored unresolved (and normalised to None when it equals hidden_size/num_heads), so
     # dataclasses.replace(config, hidden_size=...) re-derives it. Yaml / config.json may call it `head_dim`.
     head_dim_override: int | None = None
+    # weight-only-quantized decoder linears (GPTQ / AWQ checkpoints kept int4 / int8): a
+    # telechat_ms.quant.spec.QuantizationConfig (yaml: a mapping), None = float weights. docs/quantization.md
+    quantization: Any = None
 
     def __post_init__(self):
+        from ..quant.spec import QuantizationConfig   # pylint: disable=import-outside-toplevel  (import cycle)
         if self.num_kv_heads is None:
             self.num_kv_heads = self.num_heads
+        self.quantization = QuantizationConfig.from_value(self.quantization)
+        if self.quantization is not None and self.num_experts:
+            raise ConfigError(f"quantization is not supported with MoE (num_experts={self.num_experts})")
         if self.head_dim_override is not None:
             check_positive("head_dim", self.head_dim_override)
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
@@ -193,6 +200,8 @@ class TelechatConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         del out["head_dim_override"]
+        if self.quantization is None:          # float models: the key is absent, as before it existed
+            del out["quantization"]
         if not self.head_dim_is_derived:
             out["head_dim"] = self.head_dim_override
         return out

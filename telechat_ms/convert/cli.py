@@ -31,6 +31,11 @@ def _family_option(parser: argparse.ArgumentParser, what: str) -> None:
                         help=f"model family ({', '.join(f.name for f in all_families())}); default: {what}")
 
 
+def _dequantize_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--dequantize", action="store_true",
+                        help=f"{what}; fp32 arithmetic, one rounding to --dtype (docs/quantization.md)")
+
+
 def _hf2ms_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf2ms", description="HF checkpoint (TeleChat2, TeleChat v1, "
                                      "TeleChat-52B, Tele-FLM, Aquila2, Llama-2, ...) -> telechat_ms MindSpore")
@@ -38,6 +43,7 @@ def _hf2ms_parser() -> argparse.ArgumentParser:
     _family_option(parser, "detected from config.json and the tensor names")
     parser.add_argument("--no-check-finite", dest="check_finite", action="store_false",
                         help="skip the read of every weight that refuses NaN / Inf before writing (on by default)")
+    _dequantize_option(parser, "GPTQ / AWQ source: write exact float weights (default: keep them int4 / int8)")
     _common(parser, formats=True)
     return parser
 
@@ -53,6 +59,7 @@ def _ms2hf_parser() -> argparse.ArgumentParser:
     parser.add_argument("--router-key", choices=("router", "gate"), default=None,
                         help="MoE router HF key mlp.<router|gate>.weight (default: as the hf2ms source had it, "
                              "else router)")
+    _dequantize_option(parser, "quantized directory: write exact float weights (default: its GPTQ / AWQ format)")
     _common(parser, formats=False)
     return parser
 

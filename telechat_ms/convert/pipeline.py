@@ -19,15 +19,17 @@ from ..config.model import TelechatConfig
 from ..families import detect
 from ..families.hf_config import read_hf_json
 from ..io.checkpoint import HF_CONFIG, META, MODEL_CONFIG
-from ..io.dtypes import BY_NAME, OUTPUT_DTYPES, parse_size
+from ..io.dtypes import BY_NAME, FLOAT_DTYPES, OUTPUT_DTYPES, parse_size
 from ..io.errors import ConvertError
 from ..io import integrity
-from ..io.virtual import Transposed
+from ..io.virtual import Computed, Transposed
 from ..io.output import TOKENIZER_FILES, check_destination, copy_side_files, staged_output, write_json
 from ..io.sources import open_hf, open_ms
 from ..io.virtual import Virtual
 from ..io.writer import DEFAULT_CHUNK_BYTES, output_dtypes, write_ckpt, write_safetensors
 from . import hf_extras
+from ..quant.layout import quantized_names
+from ..quant.spec import read_source_format
 from .memory import WithConstants
 from .names import table
 from .views import hf_outputs, hf_view, ms_outputs, ms_view
@@ -92,17 +94,25 @@ def _with_param_dtype(config: TelechatConfig, items, dtype) -> TelechatConfig:
     return dataclasses.replace(config, param_dtype=dtypes.pop()) if len(dtypes) == 1 else config
 
 
-def _write_ms(source, items, config, dst, opts: dict, side_dirs, meta: dict, keep_config=None) -> ConvertReport:
+def _write_ms(source, items, config, dst, opts: dict, side_dirs, meta: dict, keep_config=None,
+              float_items=None, side_files=SIDE_FILES) -> ConvertReport:
+    """`keep_config`: the source directory whose config.json is kept, or a function writing it into the
+    output (returns the file name); `float_items`: the tensors whose dtype is the model's param_dtype
+    (default: all; a quantized model's packed weights and scales are not)."""
     start, dtype = time.perf_counter(), opts["dtype"]
     with staged_output(dst, opts["overwrite"]) as out, _bar(items, dtype, opts["progress"], "convert") as bar:
-        kept = [hf_extras.keep_hf_config(keep_config, out)] if keep_config else []
+        if callable(keep_config):
+            kept = [keep_config(out)]
+        else:
+            kept = [hf_extras.keep_hf_config(keep_config, out)] if keep_config else []
         if opts["fmt"] == "ckpt":
             written = write_ckpt(out, items, source, dtype, opts["chunk_bytes"], bar)
         else:
             written = write_safetensors(out, items, source, dtype, opts["max_bytes"], {"format": "ms"},
                                         opts["chunk_bytes"], bar)
-        _with_param_dtype(config, items, dtype).to_yaml(os.path.join(out, MODEL_CONFIG))
-        copied = copy_side_files(side_dirs, out, SIDE_FILES)
+        _with_param_dtype(config, items if float_items is None else float_items, dtype).to_yaml(
+            os.path.join(out, MODEL_CONFIG))
+        copied = copy_side_files(side_dirs, out, side_files)
         write_json(os.path.join(out, META), {**meta, "format": opts["fmt"], "dtype": dtype})
     return ConvertReport(dst, len(items), written.total_size,
                          written.files + [MODEL_CONFIG, META] + kept + copied, time.perf_counter() - start,
@@ -111,14 +121,20 @@ def _write_ms(source, items, config, dst, opts: dict, side_dirs, meta: dict, kee
 
 
 def _hf_source_config(src: str, source, family: str | None):
-    """(config, family) of an HF directory: its config.json, the family detected from it and the tensor
-    names (`family` overrides), mapped by that family's HF config reader."""
+    """(config, family, quantization format or None) of an HF directory: its config.json, the family
+    detected from it and the tensor names (`family` overrides), mapped by that family's HF config reader.
+    A quantized checkpoint's `quantization_config` (and quantize_config.json) is read by telechat_ms.quant;
+    the family reads the rest, with the quantized tensors named as their float originals for detection."""
     try:
         data, path = read_hf_json(os.path.join(src, HF_CONFIG))
-        fam = detect(data, frozenset(source.infos), family)
+        fmt = read_source_format(src, data, path)
+        keys = frozenset(source.infos)
+        if fmt is not None:
+            data, keys = {k: v for k, v in data.items() if k != "quantization_config"}, quantized_names(keys)
+        fam = detect(data, keys, family)
         if fam.hf_layout is None:
             raise ConvertError(f"family {fam.name!r} has no HF checkpoint layout")
-        return fam.config_from_hf(data, path), fam
+        return fam.config_from_hf(data, path), fam, fmt
     except ConfigError as exc:
         raise ConvertError(f"config: {exc}") from None
 
@@ -138,11 +154,12 @@ def _uniform_dtype(view) -> str | None:
 def convert_hf_to_ms(src: str, dst: str, *, family: str | None = None, dtype: str | None = None,
                      fmt: str = "safetensors", max_shard_size="4GB", overwrite: bool = False,
                      progress: bool = False, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                     check_finite: bool = True) -> ConvertReport:
+                     check_finite: bool = True, dequantize: bool = False) -> ConvertReport:
     """HF directory of any known family -> our MindSpore directory (sharded safetensors + index, or one .ckpt).
 
     The family is detected from config.json and the tensor names unless `family` names it. `check_finite`:
-    read every weight once before writing and refuse NaN / Inf, naming the tensor."""
+    read every weight once before writing and refuse NaN / Inf, naming the tensor. A GPTQ / AWQ checkpoint
+    stays quantized (docs/quantization.md) unless `dequantize` asks for exact float weights."""
     max_bytes = _options(dtype, fmt, max_shard_size)
     if not os.path.isdir(src):
         raise ConvertError(f"{src}: not a directory (expected an HF model directory with config.json and weights)")
@@ -150,7 +167,15 @@ def convert_hf_to_ms(src: str, dst: str, *, family: str | None = None, dtype: st
     if not os.path.isfile(os.path.join(src, HF_CONFIG)):
         raise ConvertError(f"{os.path.join(src, HF_CONFIG)}: file not found (an HF model directory needs it)")
     with open_hf(src) as source:
-        config, fam = _hf_source_config(src, source, family)
+        config, fam, quantized = _hf_source_config(src, source, family)
+        opts = dict(dtype=dtype, fmt=fmt, max_bytes=max_bytes, overwrite=overwrite, progress=progress,
+                    chunk_bytes=chunk_bytes)
+        if quantized is not None:
+            from ..quant import convert as quant_convert   # pylint: disable=import-outside-toplevel
+            return quant_convert.hf_to_ms(src, dst, source, config, fam, quantized, opts, dequantize, check_finite)
+        if dequantize:
+            raise ConvertError(f"--dequantize: {src} is not a quantized checkpoint (no quantize_config.json, "
+                               "quant_config.json or quantization_config in config.json)")
         spelling = fam.hf_layout.spelling(frozenset(source.infos))
         names = _table(config, spelling)
         view, buffers = hf_view(source, config, names)
@@ -161,16 +186,16 @@ def convert_hf_to_ms(src: str, dst: str, *, family: str | None = None, dtype: st
                 "hf_buffers": hf_extras.record_buffers(source, buffers, names),
                 "hf_config": hf_extras.HF_CONFIG_COPY, "hf_config_describes": hf_extras.describes(config),
                 "source_dtype": _uniform_dtype(view)}
-        opts = dict(dtype=dtype, fmt=fmt, max_bytes=max_bytes, overwrite=overwrite, progress=progress,
-                    chunk_bytes=chunk_bytes)
         return _write_ms(source, ms_outputs(view, names), config, dst, opts, [src], meta, keep_config=src)
 
 
 def _source_keys(tensor):
-    """Source tensor names a Virtual reads (through Transposed blocks too)."""
+    """Source tensor names a Virtual reads (through Transposed blocks and Computed parts too)."""
     for part in tensor.segments:
         if isinstance(part, Transposed):
             yield from _source_keys(part.inner)
+        elif isinstance(part, Computed):
+            yield from part.keys
         else:
             yield part.key
 
@@ -178,7 +203,8 @@ def _source_keys(tensor):
 def _check_finite(source, view, chunk_bytes: int, progress: bool) -> None:
     """One chunked read of every source tensor the output uses (before anything is written): a NaN / Inf
     weight is one error naming the tensor, never a converted model that prints empty answers."""
-    keys = sorted({key for tensor in view.values() for key in _source_keys(tensor)})
+    keys = sorted({key for tensor in view.values() for key in _source_keys(tensor)
+                   if source.infos[key].dtype in FLOAT_DTYPES})            # packed integers cannot be NaN
     total = sum(source.infos[k].numel * BY_NAME[source.infos[k].dtype].itemsize for k in keys)
     with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="check finite",
               disable=not progress) as bar:
@@ -272,38 +298,70 @@ def _original_config(config_arg, meta: dict, meta_dir, model_config) -> tuple[st
     return kept, meta.get("source_dtype"), f"config.json: the source's, kept in {kept}"
 
 
+@dataclass
+class HFWeights:
+    """What ms2hf writes: the HF-named weights, the model config they describe and how config.json is made."""
+    weights: list                        # (HF key, Virtual) in model order
+    dropped: list                        # non-model entries of a training checkpoint
+    config: TelechatConfig               # the model the HF directory holds (a dequantized one: float)
+    float_weights: list = None           # the tensors whose dtype is the model's (default: all weights)
+    side_files: tuple = ()               # files copied beside the weights besides SIDE_FILES
+    write_config: object = None          # (path, original, stored config, out dtype, source dtype) -> None
+    default_dtype: str | None = None     # output dtype when --dtype is not given (None: each tensor's own)
+
+
+def write_hf_config(path: str, original: str | None, stored: TelechatConfig, out_dtype, source_dtype) -> None:
+    """The source's config.json (byte for byte, dtype keys updated) or one written from the model config."""
+    if original:
+        hf_extras.write_original_config(original, path, out_dtype, source_dtype)
+    else:
+        write_json(path, stored.to_hf_config())
+
+
+def _float_weights(ms_source, model_config, names) -> HFWeights:
+    view, dropped = ms_view(ms_source, model_config, names)
+    return HFWeights(hf_outputs(view, model_config, names), dropped, model_config)
+
+
 def convert_ms_to_hf(src: str, dst: str, *, config: str | None = None, family: str | None = None,
                      dtype: str | None = None, max_shard_size="4GB", overwrite: bool = False,
                      router_key: str | None = None, progress: bool = False,
-                     chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> ConvertReport:
+                     chunk_bytes: int = DEFAULT_CHUNK_BYTES, dequantize: bool = False) -> ConvertReport:
     """Our directory, a training checkpoint or a merged distributed checkpoint -> an HF directory in the
-    family's own layout, key spelling, buffers and (when kept and still accurate) original config.json."""
+    family's own layout, key spelling, buffers and (when kept and still accurate) original config.json.
+    A quantized directory is written back in its source format (GPTQ / AWQ), or as exact float weights
+    with `dequantize`."""
     max_bytes = _options(dtype, "safetensors", max_shard_size)
     if router_key not in (None, "router", "gate"):
         raise ConvertError(f"router_key must be 'router' or 'gate', got {router_key!r}")
     check_destination(dst, overwrite, [src])
     model_config = _ms_config(src, config, family)
+    if dequantize and model_config.quantization is None:
+        raise ConvertError(f"--dequantize: the model config of {src} has no quantization (nothing to dequantize)")
     config_dir = os.path.dirname(os.path.abspath(config)) if config else None
     meta, meta_dir = _meta_for(model_config, [_src_dir(src), config_dir])
     names = _table(model_config, _spelling(meta, router_key))
     original, source_dtype, note = _original_config(config, meta, meta_dir, model_config)
     start = time.perf_counter()
     with open_ms(src) as ms_source:
-        view, dropped = ms_view(ms_source, model_config, names)
+        if model_config.quantization is not None:
+            from ..quant import convert as quant_convert   # pylint: disable=import-outside-toplevel
+            part = quant_convert.ms_to_hf(ms_source, model_config, names, meta, dequantize)
+        else:
+            part = _float_weights(ms_source, model_config, names)
+        dtype = dtype or part.default_dtype
         constants, buffer_keys = hf_extras.buffer_constants(meta.get("hf_buffers") or [], names,
                                                             os.path.join(meta_dir or "", META))
         source = WithConstants(ms_source, constants)
-        weights = hf_outputs(view, model_config, names)
-        items = weights + [(key, Virtual.whole(constants.infos[k])) for key, k in buffer_keys.items()]
+        float_weights = part.weights if part.float_weights is None else part.float_weights
+        items = part.weights + [(key, Virtual.whole(constants.infos[k])) for key, k in buffer_keys.items()]
         with staged_output(dst, overwrite) as out, _bar(items, dtype, progress, "ms2hf") as bar:
             written = write_safetensors(out, items, source, dtype, max_bytes, {"format": "pt"}, chunk_bytes, bar)
-            stored = _with_param_dtype(model_config, weights, dtype)
-            if original:
-                out_dtype = stored.param_dtype if len(set(output_dtypes(weights, dtype))) == 1 else None
-                hf_extras.write_original_config(original, os.path.join(out, HF_CONFIG), out_dtype, source_dtype)
-            else:
-                write_json(os.path.join(out, HF_CONFIG), stored.to_hf_config())
+            stored = _with_param_dtype(part.config, float_weights, dtype)
+            out_dtype = stored.param_dtype if len(set(output_dtypes(float_weights, dtype))) == 1 else None
+            (part.write_config or write_hf_config)(os.path.join(out, HF_CONFIG), original, stored, out_dtype,
+                                                  source_dtype)
             side = [_src_dir(src), config_dir]
-            copied = copy_side_files(side, out, SIDE_FILES)
+            copied = copy_side_files(side, out, SIDE_FILES + tuple(part.side_files))
     return ConvertReport(dst, len(items), written.total_size, written.files + [HF_CONFIG] + copied,
-                         time.perf_counter() - start, dropped, copied, [note])
+                         time.perf_counter() - start, part.dropped, copied, [note])

@@ -6,14 +6,19 @@ A part is either
   * a `Transposed` block: rows [start, stop) of the transpose of a 2-D inner Virtual, i.e. columns
     [start, stop) of the inner tensor, each becoming one row. GPT-2 Conv1D weights ([in, out]) need it: an
     element range cannot express a transpose.
+  * a `Computed` range: elements of a tensor made by a function of whole source tensors -- unpacking,
+    act-order permutation and dequantization of GPTQ / AWQ weights (telechat_ms/quant), which neither an
+    element range nor a transpose expresses.
 Writers stream Segments chunk by chunk; a Transposed block is read once per output tensor (only the columns
-that tensor needs, row chunk by row chunk) and then written transposed, so its peak memory is one tensor.
+that tensor needs, row chunk by row chunk) and then written transposed, so its peak memory is one tensor; a
+Computed part is built once when written (peak: one tensor and the sources it reads).
 `materialize` builds a Virtual in memory (small models, tests).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
@@ -53,10 +58,39 @@ class Transposed:
         return (self.stop - self.start) * self.row
 
 
+@dataclass(frozen=True, eq=False)
+class Computed:
+    """Elements [start, stop) of the flat (C order) array `build(source)`, stored as `dtype` (storage
+    dtype: bfloat16 as raw uint16). `keys`: the source tensors `build` reads."""
+    build: Callable[[Any], np.ndarray]
+    dtype: str
+    start: int
+    stop: int
+    keys: tuple[str, ...] = ()
+
+    @property
+    def numel(self) -> int:
+        return self.stop - self.start
+
+    def values(self, source) -> np.ndarray:
+        flat = np.ascontiguousarray(self.build(source)).reshape(-1)
+        if flat.dtype != np.dtype(BY_NAME[self.dtype].storage):
+            raise ValueError(f"internal error: computed tensor of {self.keys} is {flat.dtype}, declared {self.dtype}")
+        return flat[self.start:self.stop]
+
+
 @dataclass(frozen=True)
 class Virtual:
     shape: tuple[int, ...]
-    segments: tuple[Segment | Transposed, ...]     # the parts, in C order
+    segments: tuple[Segment | Transposed | Computed, ...]     # the parts, in C order
+    # True: writers keep this tensor's stored dtype whatever --dtype says (quantization scales and offsets,
+    # which must round-trip bit for bit)
+    keep_dtype: bool = False
+
+    @classmethod
+    def computed(cls, build: Callable[[Any], np.ndarray], shape, dtype: str, keys=(), keep_dtype=False) -> "Virtual":
+        """A tensor of `shape` whose C-order elements are `build(source)` (any shape with that many elements)."""
+        return cls(tuple(shape), (Computed(build, dtype, 0, math.prod(shape), tuple(keys)),), keep_dtype)
 
     @classmethod
     def whole(cls, info: TensorInfo, shape=None) -> "Virtual":
@@ -77,7 +111,7 @@ class Virtual:
     def reshaped(self, shape) -> "Virtual":
         if math.prod(shape) != self.numel:
             raise ValueError(f"internal error: cannot view {list(self.shape)} as {list(shape)}")
-        return Virtual(tuple(shape), self.segments)
+        return Virtual(tuple(shape), self.segments, self.keep_dtype)
 
     @property
     def T(self) -> "Virtual":   # pylint: disable=invalid-name
@@ -98,13 +132,15 @@ class Virtual:
             if a < b:
                 picked.append(_slice(seg, a - pos, b - pos))
             pos += seg.numel
-        return Virtual(tuple(shape or (stop - start,) + self.shape[1:]), tuple(picked))
+        return Virtual(tuple(shape or (stop - start,) + self.shape[1:]), tuple(picked), self.keep_dtype)
 
 
 def _slice(part, a: int, b: int):
     """Elements [a, b) of one part (for a Transposed block: whole rows of it)."""
     if isinstance(part, Segment):
         return Segment(part.key, part.dtype, part.start + a, part.start + b)
+    if isinstance(part, Computed):
+        return Computed(part.build, part.dtype, part.start + a, part.start + b, part.keys)
     if a % part.row or b % part.row:
         raise ValueError(f"internal error: slice [{a}, {b}) cuts rows of length {part.row} of a transposed block")
     return Transposed(part.inner, part.start + a // part.row, part.start + b // part.row)
@@ -118,6 +154,9 @@ def read_elements(tensor: Virtual, source, start: int, stop: int, dtype: str | N
         if a < b:
             if isinstance(part, Segment):
                 piece = source.read(part.key, part.start + a - pos, part.start + b - pos)
+                pieces.append(piece if dtype is None else cast(piece, part.dtype, dtype))
+            elif isinstance(part, Computed):
+                piece = part.values(source)[a - pos: b - pos]
                 pieces.append(piece if dtype is None else cast(piece, part.dtype, dtype))
             else:                      # whole rows of the block around [a, b), then trimmed
                 first, last = (a - pos) // part.row, -(-(b - pos) // part.row)

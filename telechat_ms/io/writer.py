@@ -18,7 +18,7 @@ from . import ckpt_io, safetensors_io
 from .dtypes import BY_NAME, OUTPUT_DTYPES, cast
 from .errors import ConvertError
 from .sources import SAFE_INDEX, Source
-from .virtual import Transposed, Virtual, column_block
+from .virtual import Computed, Transposed, Virtual, column_block
 
 DEFAULT_CHUNK_BYTES = 32 * 2**20      # per read; working set ~1 chunk (same dtype) to ~2.5 chunks (bf16 cast)
 COPY_BYTES = 256 * 2**20              # per in-kernel copy (also the .ckpt slice size, MindSpore uses 512 MiB)
@@ -35,11 +35,13 @@ class Written:
 def output_dtypes(items: list[tuple[str, Virtual]], dtype: str | None) -> list[str]:
     """`dtype` for every float tensor, or each tensor's own source dtype (stacks of mixed dtypes take the
     first; float64, which the model cannot use, becomes float32). Non-float tensors (an HF checkpoint's bool /
-    integer buffers) keep their dtype."""
+    integer buffers, packed quantized weights) and tensors marked `keep_dtype` (quantization scales) keep
+    their dtype."""
     out = []
     for _, tensor in items:
         own = tensor.dtype
-        out.append(own if not BY_NAME[own].is_float else dtype or (own if own in OUTPUT_DTYPES else "float32"))
+        keep = not BY_NAME[own].is_float or tensor.keep_dtype
+        out.append(own if keep else dtype or (own if own in OUTPUT_DTYPES else "float32"))
     return out
 
 
@@ -87,11 +89,15 @@ def _copy(fh, ranges) -> bool:
 
 def _write_tensor(fh, name: str, tensor: Virtual, source, dtype, chunk_bytes, bar, ckpt=False) -> int:
     """Part by part: a Segment of the same dtype -> in-kernel copy, else bounded read + cast + write chunks;
-    consecutive Transposed blocks of one inner tensor -> its needed columns read once, written transposed."""
+    consecutive Transposed blocks of one inner tensor -> its needed columns read once, written transposed;
+    a Computed part -> built once, cast, written in chunks."""
     itemsize, written = BY_NAME[dtype].itemsize, 0
     for group in _groups(tensor.segments):
         if isinstance(group, list):
             written += _write_transposed(fh, name, tensor.shape, group, source, dtype, chunk_bytes, bar, ckpt)
+            continue
+        if isinstance(group, Computed):
+            written += _write_computed(fh, name, tensor.shape, group, source, dtype, chunk_bytes, bar, ckpt)
             continue
         seg = group
         same = seg.dtype == dtype
@@ -150,6 +156,22 @@ def _write_transposed(fh, name, shape, run: list[Transposed], source, dtype, chu
             written += chunk.nbytes
             bar.update(chunk.nbytes)
     del block
+    return written
+
+
+def _write_computed(fh, name, shape, part: Computed, source, dtype, chunk_bytes, bar, ckpt) -> int:
+    """The part's elements, built in memory once (peak: one tensor), cast and written in chunk_bytes pieces."""
+    flat = part.values(source)
+    step = max(1, chunk_bytes // max(BY_NAME[dtype].itemsize, BY_NAME[part.dtype].itemsize))
+    written = 0
+    for start in range(0, flat.size, step):
+        chunk = np.ascontiguousarray(cast(flat[start:start + step], part.dtype, dtype))
+        if ckpt:
+            _write_all(fh, ckpt_io.value_header(name, shape, dtype, chunk.nbytes))
+        _write_all(fh, chunk)
+        written += chunk.nbytes
+        bar.update(chunk.nbytes)
+    del flat
     return written
 
 
