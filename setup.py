@@ -17,10 +17,14 @@ setup(
         "pyyaml",
         "safetensors",
         "tqdm",
+        "matplotlib>=3.7",     # telechat-ms plot-loss (Agg backend, no display)
+        "tensorboardX",        # TensorBoard scalars of the native loop (also a mindformers dependency)
     ],
     extras_require={
         # Independent references for parity tests only; the package never imports them.
-        "test": ["pytest", "torch==2.13.0", "transformers==4.57.1"],
+        "test": ["pytest", "torch==2.13.0", "transformers==4.57.1", "lm_eval>=0.4.13,<0.5"],
+        # lm-evaluation-harness for `telechat-ms eval --tasks` / the `telechat_ms` lm_eval model (optional)
+        "eval": ["lm_eval>=0.4.13,<0.5"],
     },
     entry_points={"console_scripts": ["telechat-ms=telechat_ms.cli:main"]},
 )
