@@ -1,146 +1,190 @@
-"""Loss-curve PNG from a training log, with numpy and zlib only (matplotlib is not a dependency).
+"""Training curves as a PNG with matplotlib (Agg, no display): `telechat-ms plot-loss --log LOG --output run.png`.
 
-Reads `train_log.jsonl` records or text lines `step N/T | loss X | ...` (stdout, msrun worker logs). When a step
-appears twice (a resumed run repeats the steps after its last checkpoint) the last occurrence wins.
-Draws the raw loss (light), its moving average (dark), overflow-skipped steps (red) and labelled axes.
+Reads `train_log.jsonl` records, our text lines `step N/T | loss X | lr ... | scale ... | grad_norm ... |
+tokens/s/device ... | mfu ...%` (stdout, msrun worker logs), or MindFormers' own lines (`--engine mindformers`
+worker logs: `{ Epoch:[e/E], step:[s/S], loss:[x/avg], ... lr: ..., overflow cond: ..., loss_scale: ...,
+global_norm: [...]`). When a step appears twice (a resumed run repeats the steps after its last checkpoint)
+the last occurrence wins.
+
+Panels (3 x 2): loss (raw + moving average, overflow-skipped steps marked), learning rate, grad norm (before
+clipping), loss scale (skipped steps marked), tokens/s per device, MFU. A quantity the log does not carry is a
+panel saying so.
 """
 from __future__ import annotations
 
 import json
+import os
 import re
-import struct
-import zlib
+import tempfile
+from dataclasses import dataclass
 
 import numpy as np
 
-_LINE = re.compile(r"step (\d+)/\d+ \| loss ([-+0-9.eEnaif]+)")
-
-# 3x5 glyphs for axis labels
-_GLYPHS = {
-    "0": "111101101101111", "1": "010110010010111", "2": "111001111100111", "3": "111001111001111",
-    "4": "101101111001001", "5": "111100111001111", "6": "111100111101111", "7": "111001010010010",
-    "8": "111101111101111", "9": "111101111001111", ".": "000000000000010", "-": "000000111000000",
-    "e": "000111111100111", "l": "110010010010111", "o": "000111101101111", "s": "000111110011111",
-    "t": "010111010010011", "p": "000111101111100", "v": "000101101101010", " ": "000000000000000",
-}
+FIELDS = ("loss", "lr", "scale", "grad_norm", "tokens_per_s", "mfu")
+_JSON_KEYS = {"loss": "loss", "lr": "lr", "scale": "scale", "grad_norm": "grad_norm",
+              "tokens_per_s": "tokens_per_s_per_device", "mfu": "mfu"}
+_NUM = r"([-+0-9.eEnaifNAIF]+)"
+_OURS = re.compile(r"step (\d+)/\d+ \| loss " + _NUM)
+_OURS_FIELDS = {"lr": re.compile(r"\| lr " + _NUM), "scale": re.compile(r"\| scale " + _NUM),
+                "grad_norm": re.compile(r"\| grad_norm " + _NUM),
+                "tokens_per_s": re.compile(r"\| tokens/s/device " + _NUM), "mfu": re.compile(r"\| mfu " + _NUM + "%")}
+_MF = re.compile(r"Epoch:\[\s*(\d+)/\s*\d+\], step:\[\s*(\d+)/\s*(\d+)\], loss:\s*\[?\s*" + _NUM)
+_MF_FIELDS = {"lr": re.compile(r"lr: \[?" + _NUM), "scale": re.compile(r"loss_scale: \[?" + _NUM),
+              "grad_norm": re.compile(r"global_norm: \[?" + _NUM)}
+_MF_OVERFLOW = re.compile(r"overflow cond: (True|False)")
+# panel: (title, y label, field)
+PANELS = (("loss", "loss", "loss"), ("learning rate", "lr", "lr"), ("grad norm", "global L2 norm", "grad_norm"),
+          ("loss scale", "scale", "scale"), ("tokens/s per device", "tokens/s", "tokens_per_s"),
+          ("MFU", "MFU (%)", "mfu"))
 
 
 class PlotError(ValueError):
-    """The log has no loss records or cannot be read."""
+    """The log has no step records or cannot be read."""
 
 
-def read_losses(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(steps, losses, overflow flags) sorted by step, last record per step."""
-    records: dict[int, tuple[float, bool]] = {}
+@dataclass
+class TrainLog:
+    steps: np.ndarray                  # (N,) int, sorted
+    overflow: np.ndarray               # (N,) bool: the step was skipped (non-finite gradients)
+    values: dict                       # field -> (N,) float64, NaN where the log has no value
+
+    def has(self, name: str) -> bool:
+        return bool(np.isfinite(self.values[name]).any())
+
+
+def read_log(path: str) -> TrainLog:
+    """Every step record of a jsonl or text log (module docstring), last record per step."""
+    records: dict[int, dict] = {}
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
             for line in fh:
-                parsed = _parse(line)
+                parsed = parse_line(line)
                 if parsed:
-                    records[parsed[0]] = parsed[1:]
+                    records[parsed["step"]] = parsed
     except OSError as exc:
         raise PlotError(f"{path}: {exc.strerror}") from None
     if not records:
-        raise PlotError(f"{path}: no training step records (expected train_log.jsonl or 'step N/T | loss X' lines)")
+        raise PlotError(f"{path}: no training step records (expected train_log.jsonl, 'step N/T | loss X' lines "
+                        "or MindFormers 'Epoch:[..], step:[..], loss: ..' lines)")
     steps = np.array(sorted(records))
-    losses = np.array([records[s][0] for s in steps], dtype=np.float64)
-    overflow = np.array([records[s][1] for s in steps], dtype=bool)
-    return steps, losses, overflow
+    values = {f: np.array([records[s].get(f, np.nan) for s in steps], dtype=np.float64) for f in FIELDS}
+    overflow = np.array([records[s].get("overflow", False) for s in steps], dtype=bool)
+    return TrainLog(steps, overflow, values)
 
 
-def _parse(line: str):
+def read_losses(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(steps, losses, overflow flags) sorted by step (the loss curve alone)."""
+    log = read_log(path)
+    return log.steps, log.values["loss"], log.overflow
+
+
+def parse_line(line: str) -> dict | None:
     line = line.strip()
-    if line.startswith("{"):
+    if line.startswith("{") and '"step"' in line:
         try:
             rec = json.loads(line)
-            return int(rec["step"]), float(rec["loss"]), bool(rec.get("overflow", False))
+            out = {"step": int(rec["step"]), "overflow": bool(rec.get("overflow", False))}
+            out.update({f: _float(rec.get(key)) for f, key in _JSON_KEYS.items() if rec.get(key) is not None})
+            return out if "loss" in out else None
         except (ValueError, KeyError, TypeError):
             return None
-    match = _LINE.search(line)
+    match = _OURS.search(line)
     if match:
-        return int(match.group(1)), float(match.group(2)), "overflow" in line
+        out = {"step": int(match.group(1)), "loss": _float(match.group(2)), "overflow": "overflow" in line}
+        out.update({f: _float(m.group(1)) for f, rx in _OURS_FIELDS.items() if (m := rx.search(line))})
+        if "mfu" in out:
+            out["mfu"] /= 100.0                    # the text line prints percent; records hold the fraction
+        return out
+    match = _MF.search(line)
+    if match:
+        epoch, step, per_epoch = (int(match.group(i)) for i in (1, 2, 3))
+        flag = _MF_OVERFLOW.search(line)
+        out = {"step": (epoch - 1) * per_epoch + step, "loss": _float(match.group(4)),
+               "overflow": bool(flag and flag.group(1) == "True")}
+        out.update({f: _float(m.group(1)) for f, rx in _MF_FIELDS.items() if (m := rx.search(line))})
+        return out
     return None
 
 
+def _float(value) -> float:
+    try:
+        return float(str(value).strip("[],"))
+    except ValueError:
+        return float("nan")
+
+
 def moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean over `window` values (the first ones averaged with copies of values[0])."""
     kernel = np.ones(window) / window
     padded = np.concatenate([np.full(window - 1, values[0]), values])
     return np.convolve(padded, kernel, mode="valid")
 
 
+def build_figure(log: TrainLog, width: int = 800, height: int = 480, dpi: int = 80):
+    """A matplotlib Figure (no pyplot, no global state) with the six panels of PANELS."""
+    from matplotlib.figure import Figure   # pylint: disable=import-outside-toplevel
+    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi, layout="constrained")
+    axes = fig.subplots(3, 2, sharex=True).ravel()
+    skipped = log.steps[log.overflow]
+    for ax, (title, ylabel, name) in zip(axes, PANELS):
+        ax.set_title(title, fontsize=9)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, alpha=0.3)
+        if not log.has(name):
+            ax.text(0.5, 0.5, f"no {title} in this log", ha="center", va="center", transform=ax.transAxes,
+                    fontsize=8, color="0.5")
+            continue
+        values = log.values[name] * (100.0 if name == "mfu" else 1.0)
+        _draw(ax, name, log.steps, values, skipped)
+    for ax in axes[-2:]:
+        ax.set_xlabel("step", fontsize=8)
+    return fig
+
+
+def _draw(ax, name: str, steps: np.ndarray, values: np.ndarray, skipped: np.ndarray) -> None:
+    finite = np.isfinite(values)
+    if name == "loss":
+        ax.plot(steps[finite], values[finite], color="#9cc3e6", linewidth=0.8, label="loss")
+        if finite.sum() >= 5:
+            window = max(2, int(finite.sum()) // 20)
+            ax.plot(steps[finite], moving_average(values[finite], window), color="#143ca0", linewidth=1.6,
+                    label=f"moving average ({window})")
+    elif name == "scale":
+        ax.step(steps[finite], values[finite], where="post", color="#143ca0", linewidth=1.2, label="loss scale")
+        if np.nanmax(values) / max(np.nanmin(values[finite]), 1e-30) > 100:
+            ax.set_yscale("log", base=2)
+    else:
+        ax.plot(steps[finite], values[finite], color="#143ca0", linewidth=1.0, label=name)
+    if name in ("loss", "scale") and len(skipped):
+        for step in skipped:
+            ax.axvline(step, color="#dc1e1e", linewidth=0.8, alpha=0.6)
+        ax.plot([], [], color="#dc1e1e", label=f"skipped (overflow): {len(skipped)}")
+    if name in ("loss", "scale"):
+        ax.legend(fontsize=6, loc="upper right")
+
+
 def plot_loss_file(log: str, output: str, width: int = 800, height: int = 480) -> tuple[int, float, float]:
-    steps, losses, overflow = read_losses(log)
+    """Write the PNG (atomically: temp file + rename); returns (steps, first loss, last loss)."""
+    data = read_log(log)
+    losses = data.values["loss"]
     finite = np.isfinite(losses)
     if not finite.any():
         raise PlotError(f"{log}: every loss is nan/inf")
-    image = render(steps[finite], losses[finite], steps[overflow], width, height)
-    write_png(output, image)
-    return len(steps), float(losses[finite][0]), float(losses[finite][-1])
-
-
-def render(steps, losses, overflow_steps, width: int, height: int) -> np.ndarray:
-    img = np.full((height, width, 3), 255, dtype=np.uint8)
-    left, right, top, bottom = 70, width - 20, 30, height - 40
-    lo, hi = float(losses.min()), float(losses.max())
-    pad = max((hi - lo) * 0.05, 1e-6)
-    lo, hi = lo - pad, hi + pad
-    x0, x1 = float(steps[0]), float(max(steps[-1], steps[0] + 1))
-
-    def to_px(s, v):
-        return (left + (np.asarray(s, float) - x0) / (x1 - x0) * (right - left),
-                bottom - (np.asarray(v, float) - lo) / (hi - lo) * (bottom - top))
-    for i in range(5):                                   # grid and tick labels
-        value, step = lo + (hi - lo) * i / 4, x0 + (x1 - x0) * i / 4
-        _, y = to_px(x0, value)
-        x, _ = to_px(step, lo)
-        img[int(y), left:right] = 225
-        img[top:bottom, int(x)] = 225
-        _text(img, f"{value:.3g}", 4, int(y) - 5)
-        _text(img, f"{int(round(step))}", int(x) - 8, bottom + 8)
-    img[top:bottom + 1, left] = 0
-    img[bottom, left:right + 1] = 0
-    _text(img, "loss vs step", left, 8)
-    _polyline(img, *to_px(steps, losses), (150, 190, 235))
-    if len(losses) >= 5:
-        _polyline(img, *to_px(steps, moving_average(losses, max(2, len(losses) // 20))), (20, 60, 160))
-    for s in overflow_steps:
-        x, _ = to_px(s, lo)
-        img[bottom - 6:bottom, max(left, int(x) - 1):int(x) + 2] = (220, 30, 30)
-    return img
-
-
-def _polyline(img, xs, ys, color) -> None:
-    h, w, _ = img.shape
-    for i in range(max(1, len(xs) - 1)):
-        j = min(i + 1, len(xs) - 1)
-        n = int(max(abs(xs[j] - xs[i]), abs(ys[j] - ys[i]))) + 2
-        px = np.clip(np.round(np.linspace(xs[i], xs[j], n)).astype(int), 0, w - 2)
-        py = np.clip(np.round(np.linspace(ys[i], ys[j], n)).astype(int), 0, h - 2)
-        for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):    # 2 px thick
-            img[py + dy, px + dx] = color
-
-
-def _text(img, text: str, x: int, y: int, scale: int = 2) -> None:
-    for k, ch in enumerate(text.lower()):
-        glyph = _GLYPHS.get(ch)
-        if glyph is None:
-            continue
-        bits = np.array([int(b) for b in glyph], dtype=bool).reshape(5, 3)
-        block = np.kron(bits, np.ones((scale, scale), dtype=bool))
-        gx = x + k * 4 * scale
-        region = img[y:y + block.shape[0], gx:gx + block.shape[1]]
-        if region.shape[:2] == block.shape:
-            region[block] = 0
-
-
-def write_png(path: str, image: np.ndarray) -> None:
-    """8-bit RGB PNG: signature, IHDR, one zlib IDAT (filter 0 per row), IEND."""
-    height, width, _ = image.shape
-    raw = np.concatenate([np.zeros((height, 1), dtype=np.uint8), image.reshape(height, -1)], axis=1).tobytes()
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-           + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
-    with open(path, "wb") as fh:
-        fh.write(png)
+    if width < 160 or height < 120:
+        raise PlotError(f"--width/--height: {width}x{height} is too small for the six panels (at least 160x120)")
+    fig = build_figure(data, width, height)
+    directory = os.path.dirname(os.path.abspath(output))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=directory)
+    except OSError as exc:
+        raise PlotError(f"--output {output}: cannot write: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format="png")
+        os.replace(tmp, output)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return len(data.steps), float(losses[finite][0]), float(losses[finite][-1])
