@@ -113,7 +113,8 @@ class Trainer:
         self.logger = StepLogger(config.output_dir if self.rank == 0 else None, self.end_step, tokens,
                                  flops_per_token(self.model_config, row_length - 1),
                                  peak_tflops(config.device_target, config.device_peak_tflops), printer,
-                                 append=self.resume_from is not None)
+                                 append=self.resume_from is not None,
+                                 tensorboard_dir=getattr(config, "tensorboard_dir", None) if self.rank == 0 else None)
 
     # ----- setup -----
     def _checkpoint_root(self) -> str:
@@ -296,6 +297,7 @@ class Trainer:
                     result.checkpoint = self.save(done)
                 else:     # the weights or this step's rows are non-finite: keep the last good checkpoint
                     self.printer(f"not saving step {done}: its loss is {loss}")
+        self.logger.flush()
         self.start_step = end
         return result
 
