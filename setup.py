@@ -19,10 +19,14 @@ setup(
         "tqdm",
         "matplotlib>=3.7",     # telechat-ms plot-loss (Agg backend, no display)
         "tensorboardX",        # TensorBoard scalars of the native loop (also a mindformers dependency)
+        "fastapi>=0.110",      # telechat-ms serve: the OpenAI-compatible HTTP API (docs/serving.md)
+        "uvicorn>=0.29",
     ],
     extras_require={
         # Independent references for parity tests only; the package never imports them.
-        "test": ["pytest", "torch==2.13.0", "transformers==4.57.1", "lm_eval>=0.4.13,<0.5"],
+        # `openai`: the official client the serve tests talk to.
+        "test": ["pytest", "torch==2.13.0", "transformers==4.57.1", "openai>=1.0",
+                 "lm_eval>=0.4.13,<0.5"],
         # lm-evaluation-harness for `telechat-ms eval --tasks` / the `telechat_ms` lm_eval model (optional)
         "eval": ["lm_eval>=0.4.13,<0.5"],
     },

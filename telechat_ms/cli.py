@@ -3,6 +3,9 @@
 Subcommands: `info` (presets and parameter counts), `forward` (build a model and run one forward pass),
 `convert` (hf2ms / ms2hf / mf2ms, docs/convert.md), `plan` (docs/parallel.md),
 `preprocess` (jsonl -> MindRecord, docs/data.md), `train` / `plot-loss` (docs/training.md), `chat` (docs/inference.md),
+`eval` (perplexity, lm-evaluation-harness tasks, docs/evaluation.md),
+`serve` (OpenAI-compatible HTTP API, docs/serving.md),
+`merge-lora` (a PEFT LoRA adapter merged into a converted model, docs/training.md),
 `verify` (re-hash a converted directory against its checksums.sha256, docs/convert.md).
 Exit codes: 0 ok, 2 bad input (verify: 1 when files are corrupt or missing).
 """
@@ -100,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("train", help="finetune / pretrain from a yaml (docs/training.md)", add_help=False)
     sub.add_parser("plot-loss", help="loss-curve PNG from a training log", add_help=False)
     sub.add_parser("chat", help="chat / generate with a converted model (docs/inference.md)", add_help=False)
+    sub.add_parser("eval", help="perplexity or lm-evaluation-harness tasks of a converted model "
+                                "(docs/evaluation.md)", add_help=False)
+    sub.add_parser("serve", help="OpenAI-compatible HTTP API for a converted model (docs/serving.md)",
+                   add_help=False)
+    # LoRA (issue 12): telechat_ms/lora/cli.py
+    sub.add_parser("merge-lora", help="merge a LoRA adapter (PEFT format) into a converted model (docs/training.md)",
+                   add_help=False)
     sub.add_parser("plan", help="memory/time plan and solver for a parallel layout (docs/parallel.md)",
                    add_help=False)
     sub.add_parser("preprocess", help="jsonl (official or mindformers format) -> packed MindRecord (docs/data.md)",
@@ -109,9 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 # subcommands implemented by their own module's main(argv) -> exit code (imported only when used)
 ROUTED = {"train": ("train.cli", "train_main"), "plot-loss": ("train.cli", "plot_loss_main"),
-          "chat": ("infer.cli", "main"), "plan": ("parallel.plan_cli", "main"),
+          "eval": ("eval.cli", "main"),
+          "chat": ("infer.cli", "main"), "serve": ("serve.cli", "main"), "plan": ("parallel.plan_cli", "main"),
           "preprocess": ("data.preprocess", "main"), "convert hf2ms": ("convert.cli", "hf2ms_main"),
-          "convert ms2hf": ("convert.cli", "ms2hf_main"), "convert mf2ms": ("convert.cli", "mf2ms_main")}
+          "convert ms2hf": ("convert.cli", "ms2hf_main"), "convert mf2ms": ("convert.cli", "mf2ms_main"),
+          "merge-lora": ("lora.cli", "merge_main")}
 
 
 def main(argv: list[str] | None = None) -> int:
