@@ -134,3 +134,18 @@ def test_bad_model_args_are_clear():
         generation_settings({"until": ["x"], "num_beams": 4}, 16, [2])
     config, stops = generation_settings({"until": "\n\n", "max_new_tokens": 5, "temperature": 0.0}, 16, [2])
     assert stops == ["\n\n"] and config.max_new_tokens == 5 and not config.do_sample
+
+
+@pytest.mark.parametrize("runs", ["telechat2"], indirect=True)      # the CLI path once (the model is not the point)
+def test_eval_cli_runs_tasks(runs, tmp_path, capsys):
+    """`telechat-ms eval --tasks` = lm_eval.simple_evaluate with this model: the same accuracy, a JSON report."""
+    from telechat_ms.cli import main
+    pair, _, (res_ours, _), _, tasks_dir = runs
+    out = tmp_path / "results.json"
+    assert main(["eval", "--model", pair.ms_dir, "--tasks", "tiny_mc", "--include-path", tasks_dir, "--batch-size",
+                 "2", "--max-length", "24", "--output", str(out), "--no-progress"]) == 0
+    results = json.loads(out.read_text(encoding="utf-8"))["results"]["tiny_mc"]
+    assert results["acc,none"] == res_ours["tiny_mc"]["acc,none"]
+    assert f"tiny_mc: acc,none {results['acc,none']:.4f}" in capsys.readouterr().out
+    assert main(["eval", "--model", pair.ms_dir, "--tasks", "no_such_task", "--include-path", tasks_dir]) == 2
+    assert "no_such_task" in capsys.readouterr().err

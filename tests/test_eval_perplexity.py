@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from telechat_ms.cli import main as cli_main
 from telechat_ms.config.base import ConfigError
 from telechat_ms.eval import TokenScorer, perplexity, read_documents, sliding_windows
 from telechat_ms.eval.cli import load_for_eval, main
@@ -113,7 +114,7 @@ def test_cli_writes_the_json_report(loaded, tmp_path, capsys):
     out = tmp_path / "ppl.json"
     argv = ["--model", pair.ms_dir, "--data", str(data), "--max-length", "32", "--stride", "16", "--batch-size",
             "2", "--output", str(out), "--no-progress"]
-    assert main(argv) == 0
+    assert cli_main(["eval"] + argv) == 0                     # through `telechat-ms eval`
     report = json.loads(out.read_text(encoding="utf-8"))
     nll, count = reference_nll(pair, [tokenizer.encode(t) for t in TEXTS], 32, 16)
     assert report["tokens_scored"] == count and report["documents"] == 3 and report["stride"] == 16
