@@ -162,3 +162,15 @@ def llama_state(config, seed: int = 0, dtype=np.float16) -> tuple[dict, list[str
             state[p + name + ".weight"] = rng.normal(0, 0.15, shape)
             linears.append(p + name + ".weight")
     return {k: np.asarray(a, dtype) for k, a in state.items()}, linears
+
+
+def make_llama(directory: str, config, fmt: str, bits: int, group: int, desc_act: bool, sym: bool,
+               where: str = "file", seed: int = 0, tokenizer: str | None = None) -> dict:
+    """A tiny Llama-named checkpoint quantized here; returns the reference float weights {HF key: (N, K)}."""
+    state, linears = llama_state(config, seed)
+    quantized, ref = quantize_state(state, linears, bits, group, desc_act, sym, fmt, seed)
+    write_checkpoint(directory, config.to_hf_config(), quantized, quant_config(fmt, bits, group, desc_act, sym), where)
+    if tokenizer:
+        import shutil   # pylint: disable=import-outside-toplevel
+        shutil.copy(tokenizer, os.path.join(directory, "tokenizer.model"))
+    return ref

@@ -43,12 +43,7 @@ def weights(directory: str) -> dict:
 
 
 def make_llama(directory: str, fmt, bits, group, desc_act, sym, where="file", seed=0, config=LLAMA):
-    """A tiny Llama-2 GQA checkpoint quantized by the test packer; returns the reference float weights."""
-    state, linears = qp.llama_state(config, seed)
-    quantized, ref = qp.quantize_state(state, linears, bits, group, desc_act, sym, fmt, seed)
-    qp.write_checkpoint(directory, config.to_hf_config(), quantized, qp.quant_config(fmt, bits, group, desc_act, sym),
-                        where)
-    return ref
+    return qp.make_llama(directory, config, fmt, bits, group, desc_act, sym, where, seed)
 
 
 @pytest.fixture(scope="module")
@@ -333,3 +328,26 @@ def test_cli_dequantize_flags(converted, tmp_path):
                        "--no-progress"]) == 0
     assert weights(str(tmp_path / "a"))["model.layers.0.attention.wq.weight"].dtype == np.float16
     assert weights(str(tmp_path / "b"))["model.layers.0.self_attn.q_proj.weight"].dtype == np.float32
+
+
+def test_conversion_memory_is_bounded_by_one_layer(tmp_path):
+    """Peak traced memory ~ a few times the largest projection held as fp32 (K x N x 4 bytes), far below the
+    checkpoint: tensors are unpacked / dequantized one at a time, floats stream in chunks."""
+    import tracemalloc   # pylint: disable=import-outside-toplevel
+    config = TelechatConfig.preset("tiny_llama2", hidden_size=256, ffn_hidden_size=512, num_layers=8,
+                                   vocab_size=8192)
+    qp.make_llama(str(tmp_path / "hf"), config, "gptq", 4, 64, True, False)
+    largest = 256 * 512 * 4
+    peaks = []
+    for run in (lambda: convert_hf_to_ms(str(tmp_path / "hf"), str(tmp_path / "ms"), chunk_bytes=2**18),
+                lambda: convert_hf_to_ms(str(tmp_path / "hf"), str(tmp_path / "deq"), dequantize=True,
+                                         dtype="float32", chunk_bytes=2**18),
+                lambda: convert_ms_to_hf(str(tmp_path / "ms"), str(tmp_path / "back"), chunk_bytes=2**18)):
+        tracemalloc.start()
+        try:
+            run()
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+    written = sum(os.path.getsize(tmp_path / "deq" / name) for name in os.listdir(tmp_path / "deq"))
+    assert written > 30 * 2**20 and max(peaks) < 5 * largest, (peaks, largest)

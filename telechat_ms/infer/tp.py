@@ -13,6 +13,12 @@ single-device sum by float rounding only). The vocab-parallel lm_head gathers it
 
 Each rank builds a model from the per-rank config (num_heads/tp, num_kv_heads/tp, ffn_hidden_size/tp, the
 global head_dim) and reads only its slices from the converted safetensors shards (lazy, by element range).
+
+Quantized models (telechat_ms/quant, weights stored (in, out)): column-parallel projections split qweight /
+scale / offset along the output axis (int4: whole bytes of two outputs); row-parallel ones (wo, w2) split
+qweight rows, the scale / offset rows of their groups (replicated when one group spans all inputs) and perm.
+With act order, rank r's rows [r K/tp, (r+1) K/tp) of the group-sorted weight read input features from every
+rank, so those layers all-gather their input first (the quantized cell's `input_collective`).
 """
 from __future__ import annotations
 
@@ -53,6 +59,11 @@ SPLIT_AXIS = {
 # biases of row-parallel layers: each rank adds bias / tp to its partial output, the all-reduce sums them
 ROW_PARALLEL_BIASES = ("attention.wo.bias", "feed_forward.w2.bias", "feed_forward.ffn.w2.bias")
 _LAYER_PREFIX = re.compile(r"^model\.layers\.\d+\.")
+# quantized projections (telechat_ms/quant): module -> role; tensors stored (in, out)
+QUANT_MODULES = {"attention.wq": "column", "attention.wk_v": "column", "attention.wk_v.k": "column",
+                 "attention.wk_v.v": "column", "feed_forward.w1": "column", "feed_forward.w3": "column",
+                 "attention.wo": "row", "feed_forward.w2": "row"}
+QUANT_LEAVES = ("qweight", "scale", "offset", "perm")
 
 
 def rank_config(config: TelechatConfig, tp: int) -> TelechatConfig:
@@ -68,16 +79,45 @@ def rank_config(config: TelechatConfig, tp: int) -> TelechatConfig:
     if bad:
         raise ConfigError(f"tensor-parallel size tp={tp} must divide {', '.join(bad)}: every rank holds 1/tp "
                           f"of the heads, kv heads, MLP/expert width and lm_head vocabulary")
+    _check_quantized_split(config, tp)
     return dataclasses.replace(config, num_heads=config.num_heads // tp, num_kv_heads=config.num_kv_heads // tp,
                                ffn_hidden_size=config.ffn_hidden_size // tp, head_dim_override=config.head_dim)
+
+
+def _check_quantized_split(config: TelechatConfig, tp: int) -> None:
+    """Row-parallel quantized layers split at group boundaries; int4 column splits keep whole bytes."""
+    quant = config.quantization
+    if quant is None or tp == 1:
+        return
+    bad = []
+    if quant.group_size != -1:
+        for name, rows in (("attention.wo", config.num_heads * config.head_dim),
+                           ("feed_forward.w2", config.ffn_hidden_size)):
+            if (rows // tp) % quant.group_size:
+                bad.append(f"{name}: {rows // tp} input rows per rank is not a multiple of group_size "
+                           f"{quant.group_size}")
+    if quant.bits == 4:
+        kv = config.num_kv_heads * config.head_dim * (1 if quant.split_kv else 2)
+        for name, cols in (("attention.wq", config.num_heads * config.head_dim), ("attention.wk_v", kv),
+                           ("feed_forward.w1 / w3", config.ffn_hidden_size)):
+            if (cols // tp) % 2:
+                bad.append(f"{name}: {cols // tp} output columns per rank is odd (int4 packs two per byte)")
+    if bad:
+        raise ConfigError(f"quantized model: tensor-parallel size tp={tp} does not split it: {'; '.join(bad)}")
 
 
 # ---------------------------------------------------------------- checkpoint slices
 
 
 def split_rule(name: str) -> tuple[str, int | None]:
-    """("split", axis) | ("bias", None) | ("replicated", None) for a full parameter name."""
+    """("split", axis) | ("groups", 0) | ("bias", None) | ("replicated", None) for a full parameter name;
+    "groups": scale / offset rows of a row-parallel quantized layer (split, or replicated when one row)."""
     local = _LAYER_PREFIX.sub("", name)
+    module, _, leaf = local.rpartition(".")
+    if module in QUANT_MODULES and leaf in QUANT_LEAVES:
+        if QUANT_MODULES[module] == "column":
+            return ("replicated", None) if leaf == "perm" else ("split", 1)
+        return ("groups", 0) if leaf in ("scale", "offset") else ("split", 0)
     if local in SPLIT_AXIS:
         return "split", SPLIT_AXIS[local]
     if local in ROW_PARALLEL_BIASES:
@@ -123,9 +163,12 @@ def rank_slice(source: Source, name: str, tp: int, rank: int, key: str | None = 
     replicated ones whole. `key`: the checkpoint tensor holding it (default `name`)."""
     key = key or name
     info = source.infos[key]
-    if info.dtype not in dtypes.FLOAT_DTYPES:
-        raise ConvertError(f"{source.description}: '{key}' has dtype {info.dtype}, expected a float dtype")
     kind, axis = split_rule(name)
+    packed = name.rpartition(".")[2] in ("qweight", "perm") and kind != "bias"
+    if not packed and info.dtype not in dtypes.FLOAT_DTYPES:
+        raise ConvertError(f"{source.description}: '{key}' has dtype {info.dtype}, expected a float dtype")
+    if kind == "groups":
+        kind = "split" if info.shape[0] > 1 else "replicated"
     if kind == "split":
         if info.shape[axis] % tp:
             raise ConvertError(f"{source.description}: '{key}' {list(info.shape)}: axis {axis} is not "
@@ -133,6 +176,8 @@ def rank_slice(source: Source, name: str, tp: int, rank: int, key: str | None = 
         data = read_split(source, key, axis, rank, tp)
     else:
         data = source.read(key, 0, info.numel).reshape(info.shape)
+    if packed:                                 # quantized integers: as stored (int8 weights, int32 perm)
+        return np.ascontiguousarray(data)
     data = dtypes.cast(data, info.dtype, "float32")
     if kind == "bias":
         data = data / np.float32(tp)           # each rank adds 1/tp of the bias; the all-reduce sums them
@@ -170,7 +215,8 @@ class AllReduceSum(nn.Cell):
 
 
 class GatherVocab(nn.Cell):
-    """(..., V/tp) logits of every rank -> (..., V), rank r's block at columns [r*V/tp, (r+1)*V/tp)."""
+    """(..., V/tp) logits (or a quantized row-parallel layer's input features) of every rank -> (..., V), rank
+    r's block at columns [r*V/tp, (r+1)*V/tp)."""
 
     def __init__(self, tp: int):
         super().__init__()
@@ -211,11 +257,17 @@ def build_rank_model(config: TelechatConfig, tp: int, kernels=None, collectives:
                              to_ms_dtype(config.param_dtype), config.initializer_range)
     net.lm_head = head                         # with tied embeddings: its own copy of the rank's vocab rows
     head.weight.name = "lm_head.weight"        # attached after construction: keep the checkpoint name
+    if config.quantization is not None:
+        from ..quant.cells import quantize_linears, quantized_cells   # pylint: disable=import-outside-toplevel
+        quantize_linears(net, local.quantization, kernels)
     if collectives:
         for layer in net.model.layers:
             layer.attn_collective = AllReduceSum()
             layer.mlp_collective = AllReduceSum()
         head.logits_collective = GatherVocab(tp)
+        if config.quantization is not None and config.quantization.act_order and tp > 1:
+            for _, cell in quantized_cells(net, "row"):    # group-sorted rows read every rank's inputs
+                cell.input_collective = GatherVocab(tp)
     net.config, net.rank_config, net.tp_size = config, local, tp
     return net
 

@@ -2,8 +2,8 @@
 
 The choice is made once, by whoever builds the model (from the device target), and passed in; model code
 never reads the global context. Both paths compute the same math; CPU always uses the plain path
-(no CPU kernels exist for flash attention, RmsNorm, ApplyRotaryPosEmb or GroupedMatmul / MoeTokenPermute,
-see docs/architecture.md and docs/moe.md).
+(no CPU kernels exist for flash attention, RmsNorm, ApplyRotaryPosEmb, GroupedMatmul / MoeTokenPermute or
+WeightQuantBatchMatmul, see docs/architecture.md, docs/moe.md and docs/quantization.md).
 """
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ class Kernels:
     fused_rms_norm: bool = False    # ops.rms_norm instead of fp32 square-mean-rsqrt
     fused_rope: bool = False        # ops.rotary_position_embedding (rotate-half mode) instead of slicing
     grouped_matmul: bool = False    # MoE dropless experts: moe_token_permute + GroupedMatmul + moe_token_unpermute
+    # weight-only-quantized linears (telechat_ms/quant/cells.py): WeightQuantBatchMatmul instead of
+    # dequantize-then-MatMul
+    weight_quant_matmul: bool = False
 
     @classmethod
     def plain(cls) -> "Kernels":
@@ -27,5 +30,6 @@ class Kernels:
         if device_target not in ("Ascend", "CPU", "GPU"):
             raise ValueError(f"device_target must be Ascend, CPU or GPU, got {device_target!r}")
         if device_target == "Ascend":
-            return cls(flash_attention=True, fused_rms_norm=True, fused_rope=True, grouped_matmul=True)
+            return cls(flash_attention=True, fused_rms_norm=True, fused_rope=True, grouped_matmul=True,
+                       weight_quant_matmul=True)
         return cls()

@@ -3,7 +3,9 @@
 Inference keeps no gradients and no optimizer states, so the training estimate (parallel/memory.py) does not
 apply. Per device on pipeline stage s (bytes):
   weights      param_bytes x the stage's parameters after the mp split (same counts as training: family-aware
-               biases, tied embeddings, vocab split unless vocab_emb_dp)
+               biases, tied embeddings, vocab split unless vocab_emb_dp); a weight-only-quantized model
+               (model_config `quantization`) counts its decoder projections at bits/8 bytes plus scales
+               (memory.layer_weight_bytes)
   KV cache     cache_tokens x 2 (K, V) x stage layers x num_kv_heads x head_dim / mp x compute_bytes;
                cache_tokens = model_config block_size x num_blocks (paged cache) when the yaml gives them,
                else batch x seq_length (telechat_ms's static cache)
@@ -19,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..config.base import ConfigError
-from .memory import GB, Hardware, Workload, edge_params, layer_activation_bytes, layer_params
+from .memory import GB, Hardware, Workload, edge_params, layer_activation_bytes, layer_params, layer_weight_bytes
 from .pipeline import stage_layers
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -75,20 +77,25 @@ def estimate_inference(config, parallel, work: Workload, hw: Hardware, cache_tok
     est = InferenceEstimate(hbm_gb=hw.hbm_gb, cache_tokens=cache_tokens)
     for s, layers in enumerate(counts):
         first, last = s == 0, s == pp - 1
-        params = layers * (dense + expert + replicated) + edge_params(config, parallel, first, last)
+        edge = edge_params(config, parallel, first, last)
+        params = layers * (dense + expert + replicated) + edge
+        weights = layers * layer_weight_bytes(config, parallel, pbytes) + edge * pbytes
         cache = cache_tokens * 2 * layers * config.num_kv_heads * config.head_dim / mp * cbytes
         activations = layer_activation_bytes(config, parallel, work, False, False)
         logits = 0.0
         if last:
             logits = work.micro_batch_size * config.vocab_size / split * (2 + 4 * (1 + (config.logit_multiplier != 1.0)))
-        total = params * pbytes + cache + activations + logits + hw.reserve_gb * GB
-        est.stages.append(InferenceStage(s, layers, params, params * pbytes / GB, cache / GB, activations / GB,
+        total = weights + cache + activations + logits + hw.reserve_gb * GB
+        est.stages.append(InferenceStage(s, layers, params, weights / GB, cache / GB, activations / GB,
                                          logits / GB, total / GB))
     return est
 
 
 def format_inference(config, parallel, est: InferenceEstimate, work: Workload, hw: Hardware) -> str:
-    lines = [f"predict layout {parallel.describe()}: {config.param_dtype} weights, {config.compute_dtype} KV cache "
+    quant = config.quantization
+    kind = f"int{quant.bits} ({quant.method}, group {quant.group_size}) decoder projections + {config.param_dtype}" \
+        if quant is not None else config.param_dtype
+    lines = [f"predict layout {parallel.describe()}: {kind} weights, {config.compute_dtype} KV cache "
              f"of {est.cache_tokens} tokens, prefill batch {work.micro_batch_size} x seq {work.seq_len}",
              f"{'stage':>5} {'layers':>6} {'params':>8} {'weights':>8} {'kv':>7} {'activ':>7} {'logits':>7} "
              f"{'total':>7}"]

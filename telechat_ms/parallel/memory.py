@@ -43,6 +43,9 @@ class Workload:
     micro_batch_size: int = 1     # sequences per device per micro-batch (runner batch_size)
     flash_attention: bool = True
     amp_o2: bool = False          # O2: a 16-bit param_dtype gets an fp32 master copy
+    # LoRA (issue 12): telechat_ms.lora.memory.LoraMemory -- frozen base, adapter-only gradients and optimizer
+    # states, no base weight-gradient matmuls, adapter-only all-reduce; None = full training
+    lora: object = None
 
 
 @dataclass
@@ -99,6 +102,25 @@ def layer_params(config, parallel) -> tuple[float, float, float]:
         return (attn + 3 * h * f) / mp, 0.0, replicated + h * config.mlp_out_bias
     experts = config.num_experts * (3 * h * f + h) / (parallel.expert_parallel * mp)   # same count with or without ep_extend_tp
     return attn / mp, experts, replicated + config.num_experts * h
+
+
+def layer_weight_bytes(config, parallel, param_bytes: int) -> float:
+    """Inference weight bytes of one decoder layer per device. Float: its parameters x param_bytes. Weight-only
+    quantized (config.quantization): bits/8 per projection weight, a scale and an offset per (group, output)
+    in the scale dtype and, with act order, an int32 per input row; norms and biases stay float."""
+    dense, expert, replicated = layer_params(config, parallel)
+    quant = config.quantization
+    if quant is None:
+        return (dense + expert + replicated) * param_bytes
+    h, f, hd = config.hidden_size, config.ffn_hidden_size, config.head_dim
+    q, kv = config.num_heads * hd, config.num_kv_heads * hd
+    scale_bytes = 4 if quant.scale_dtype == "float32" else 2
+    total = 0.0
+    kv_linears = ((h, kv), (h, kv)) if quant.split_kv else ((h, 2 * kv),)   # split k / v: two perms
+    for k, n in ((h, q), *kv_linears, (q, h), (h, f), (h, f), (f, h)):     # (in, out) of q, kv, o, gate, up, down
+        _, groups = quant.groups(k)
+        total += k * n * quant.bits / 8 + 2 * groups * n * scale_bytes + 4 * k * quant.act_order
+    return total / parallel.model_parallel + replicated * param_bytes
 
 
 def edge_params(config, parallel, first: bool, last: bool) -> float:
@@ -221,6 +243,8 @@ def stage_estimate(config, parallel, work: Workload, hw: Hardware, stage: int, m
     edge = edge_params(config, parallel, first, last)
     dense_total = layers * (dense + replicated) + edge
     states = states_bytes(config, parallel, dense_total, layers * expert, work)
+    if work.lora is not None:     # LoRA: see telechat_ms/lora/memory.py
+        states = work.lora.states_bytes(dense_total + layers * expert, layers, last, optimizer_shards(parallel, False))
     keep = in_flight(parallel, stage)
     saved, flops, comm = 0.0, 0.0, 0.0
     fwd = layer_forward_flops(config, work) / t
@@ -231,14 +255,18 @@ def stage_estimate(config, parallel, work: Workload, hw: Hardware, stage: int, m
         # full recompute re-runs the forward; select recompute re-runs memory-bound elementwise ops only,
         # charged as 0.1 forward (an assumption) so that the solver prefers no recompute when it fits
         flops += count * fwd * (4 if full else 3.1 if select else 3)
+        if work.lora is not None:     # LoRA: no weight gradients of the frozen base
+            flops -= count * fwd
         comm += count * layer_comm_s(config, parallel, work, hw, full)
     working = layer_activation_bytes(config, parallel, work, False, False) if layers else 0.0
-    if parallel.optimizer_shard > 1:
+    if parallel.optimizer_shard > 1 and work.lora is None:   # (LoRA: the frozen base is not optimizer-sharded)
         working += 2 * 2 * (dense + expert)                  # all-gathered 16-bit weights, current + prefetched
     edge_bytes = logits_bytes(config, parallel, work) if last else 0.0
     if last:
         flops += head_flops(config, parallel, work)
     activations = keep * saved + working
+    if work.lora is not None:     # LoRA: A outputs (and dropped inputs) of the adapted linears
+        activations += keep * work.lora.activation_bytes(work.micro_batch_size * work.seq_len, layers)
     total = states + activations + edge_bytes + hw.reserve_gb * GB
     time_s = flops / (hw.peak_tflops * 1e12 * hw.efficiency) + comm
     n_full = sum(c for (f, _, _), c in mix.items() if f)
@@ -269,7 +297,9 @@ def estimate_layout(config, parallel, work: Workload, hw: Hardware, placements) 
 def finish_layout(config, parallel, work, hw, stages) -> LayoutEstimate:
     pp, v = parallel.pipeline_stage, parallel.pp_interleave_num
     slowest = max(s.time_s for s in stages)
-    sync = max(dp_sync_s(parallel, hw, s.params) for s in stages)
+    # LoRA: only the adapters' gradients are all-reduced
+    sync = max(dp_sync_s(parallel, hw, s.params if work.lora is None else
+                         work.lora.trainable(s.layers, s.stage == parallel.pipeline_stage - 1)) for s in stages)
     step = (parallel.micro_batch_num + (pp - 1) / v) * slowest + sync
     tokens = parallel.data_parallel * work.micro_batch_size * parallel.micro_batch_num * work.seq_len
     return LayoutEstimate(stages, step, tokens, hw.hbm_gb, parallel.device_num)

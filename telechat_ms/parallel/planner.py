@@ -28,9 +28,16 @@ class Plan:
 
 def evaluate(config, parallel: ParallelConfig, work: Workload, hw: Hardware) -> Plan:
     """Memory / time of exactly this layout (offsets and recompute as configured)."""
+    _training_only(config)
     batch = parallel.data_parallel * work.micro_batch_size * parallel.micro_batch_num
     check_layout(config, parallel, batch, work.seq_len)
     return Plan(parallel, estimate_layout(config, parallel, work, hw, layer_placements(config.num_layers, parallel)))
+
+
+def _training_only(config) -> None:
+    if config.quantization is not None:
+        raise ConfigError("a weight-only-quantized model (model_config quantization) is inference-only: plan it "
+                          "with a run_mode: predict yaml")
 
 
 # ----------------------------------------------------------------------------- per-layout stage solver
@@ -174,6 +181,7 @@ def _layout(config, dp, mp, pp, ep, fixed) -> ParallelConfig | None:
 
 def solve(config, devices: int, work: Workload, hw: Hardware, fixed: dict | None = None, top: int = 5) -> list[Plan]:
     """Fitting plans, best estimated throughput first (at most `top`)."""
+    _training_only(config)
     fixed = dict(fixed or {}, seq_len=work.seq_len, micro_batch_size=work.micro_batch_size)
     plans = []
     for layout in candidate_layouts(config, devices, work, hw, fixed):
