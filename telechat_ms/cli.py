@@ -4,7 +4,6 @@ Subcommands: `info` (presets and parameter counts), `forward` (build a model and
 `convert` (hf2ms / ms2hf / mf2ms, docs/convert.md), `plan` (docs/parallel.md),
 `preprocess` (jsonl -> MindRecord, docs/data.md), `train` / `plot-loss` (docs/training.md), `chat` (docs/inference.md),
 `eval` (perplexity, lm-evaluation-harness tasks, docs/evaluation.md),
-`eval` (perplexity, lm-evaluation-harness tasks, docs/evaluation.md),
 `serve` (OpenAI-compatible HTTP API, docs/serving.md),
 `merge-lora` (a PEFT LoRA adapter merged into a converted model, docs/training.md),
 `verify` (re-hash a converted directory against its checksums.sha256, docs/convert.md).
@@ -106,8 +105,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("chat", help="chat / generate with a converted model (docs/inference.md)", add_help=False)
     sub.add_parser("eval", help="perplexity or lm-evaluation-harness tasks of a converted model "
                                 "(docs/evaluation.md)", add_help=False)
-    sub.add_parser("eval", help="perplexity or lm-evaluation-harness tasks of a converted model "
-                                "(docs/evaluation.md)", add_help=False)
     sub.add_parser("serve", help="OpenAI-compatible HTTP API for a converted model (docs/serving.md)",
                    add_help=False)
     # LoRA (issue 12): telechat_ms/lora/cli.py
@@ -122,7 +119,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 # subcommands implemented by their own module's main(argv) -> exit code (imported only when used)
 ROUTED = {"train": ("train.cli", "train_main"), "plot-loss": ("train.cli", "plot_loss_main"),
-          "eval": ("eval.cli", "main"),
           "eval": ("eval.cli", "main"),
           "chat": ("infer.cli", "main"), "serve": ("serve.cli", "main"), "plan": ("parallel.plan_cli", "main"),
           "preprocess": ("data.preprocess", "main"), "convert hf2ms": ("convert.cli", "hf2ms_main"),
