@@ -351,3 +351,23 @@ def test_conversion_memory_is_bounded_by_one_layer(tmp_path):
             tracemalloc.stop()
     written = sum(os.path.getsize(tmp_path / "deq" / name) for name in os.listdir(tmp_path / "deq"))
     assert written > 30 * 2**20 and max(peaks) < 5 * largest, (peaks, largest)
+
+
+def test_ckpt_output_round_trips(converted, tmp_path):
+    d, _ = converted["gptq8_g32_act_sym"]
+    convert_hf_to_ms(d["hf"], str(tmp_path / "ms"), fmt="ckpt")
+    convert_ms_to_hf(str(tmp_path / "ms"), str(tmp_path / "back"))
+    source, back = weights(d["hf"]), weights(str(tmp_path / "back"))
+    assert sorted(source) == sorted(back) and all(source[k].tobytes() == back[k].tobytes() for k in source)
+
+
+def test_weights_file_named_by_model_file_base_name(tmp_path, converted):
+    """Older AutoGPTQ / TheBloke repos: gptq_model-4bit-32g.safetensors named by quantize_config.json."""
+    d, _ = converted["gptq4_g32_act_asym"]
+    src = tmp_path / "thebloke"
+    shutil.copytree(d["hf"], src)
+    os.rename(src / "model.safetensors", src / "gptq_model-4bit-32g.safetensors")
+    _edit_json(str(src / "quantize_config.json"), lambda c: c.update(model_file_base_name="gptq_model-4bit-32g"))
+    convert_hf_to_ms(str(src), str(tmp_path / "ms"))
+    ours, want = weights(str(tmp_path / "ms")), weights(d["ms"])
+    assert sorted(ours) == sorted(want) and all(ours[k].tobytes() == want[k].tobytes() for k in want)

@@ -24,11 +24,13 @@ from ..io.errors import ConvertError
 from ..io import integrity
 from ..io.virtual import Computed, Transposed
 from ..io.output import TOKENIZER_FILES, check_destination, copy_side_files, staged_output, write_json
-from ..io.sources import open_hf, open_ms
+from ..io.safetensors_io import read_header
+from ..io.sources import BIN_INDEX, BIN_SINGLE, SAFE_INDEX, SAFE_SINGLE, Source, open_hf, open_ms
 from ..io.virtual import Virtual
 from ..io.writer import DEFAULT_CHUNK_BYTES, output_dtypes, write_ckpt, write_safetensors
 from . import hf_extras
 from ..quant.layout import quantized_names
+from ..quant.spec import named_weights_file as read_named_weights
 from ..quant.spec import read_source_format
 from .memory import WithConstants
 from .names import table
@@ -166,7 +168,7 @@ def convert_hf_to_ms(src: str, dst: str, *, family: str | None = None, dtype: st
     check_destination(dst, overwrite, [src])
     if not os.path.isfile(os.path.join(src, HF_CONFIG)):
         raise ConvertError(f"{os.path.join(src, HF_CONFIG)}: file not found (an HF model directory needs it)")
-    with open_hf(src) as source:
+    with _open_hf(src) as source:
         config, fam, quantized = _hf_source_config(src, source, family)
         opts = dict(dtype=dtype, fmt=fmt, max_bytes=max_bytes, overwrite=overwrite, progress=progress,
                     chunk_bytes=chunk_bytes)
@@ -187,6 +189,16 @@ def convert_hf_to_ms(src: str, dst: str, *, family: str | None = None, dtype: st
                 "hf_config": hf_extras.HF_CONFIG_COPY, "hf_config_describes": hf_extras.describes(config),
                 "source_dtype": _uniform_dtype(view)}
         return _write_ms(source, ms_outputs(view, names), config, dst, opts, [src], meta, keep_config=src)
+
+
+def _open_hf(src: str):
+    """open_hf, or -- when the directory has none of the standard weight files -- the single
+    `<model_file_base_name>.safetensors` its quantize_config.json names."""
+    named = read_named_weights(src)
+    if named and not any(os.path.isfile(os.path.join(src, n)) for n in (SAFE_INDEX, SAFE_SINGLE, BIN_INDEX,
+                                                                          BIN_SINGLE)):
+        return Source(read_header(named)[0], named, "hf-safetensors")
+    return open_hf(src)
 
 
 def _source_keys(tensor):

@@ -19,7 +19,7 @@ from ..convert import pipeline
 from ..convert.views import hf_outputs, hf_view, ms_view
 from ..families.hf_layout import Table
 from ..io.checkpoint import HF_CONFIG
-from ..io.errors import ConvertError
+from ..io.errors import ConvertError, summarize
 from ..io.output import write_json
 from ..io.virtual import Virtual
 from . import layout
@@ -41,7 +41,7 @@ def _g_idx_present(source, linears, fmt: SourceFormat) -> bool:
     if not all(found):
         missing = [f"{lin.hf}.g_idx" for lin, ok in zip(linears, found) if not ok]
         raise ConvertError(f"invalid quantized checkpoint {source.description}: g_idx present for some linears but "
-                           f"missing for {layout.summary(missing)}")
+                           f"missing for {summarize(missing)}")
     return True
 
 
@@ -57,7 +57,7 @@ def _validate_hf(source, config, rest: Table, order, fmt: SourceFormat):
     used = {k for e in rest.entries for k in e.hf_keys} | set(buffers) | {key for key, *_ in expected}
     extra = layout.unexpected(source, used)
     if extra:
-        problems.append(f"unexpected tensors ({len(extra)}): {layout.summary(extra)}")
+        problems.append(f"unexpected tensors ({len(extra)}): {summarize(extra)}")
     layout.raise_problems(problems, source)
     act_order = False
     for lin in linears:
@@ -186,7 +186,7 @@ def _validate_ms(ms_source, model_config, rest: Table, order, fmt: SourceFormat)
     used = {k for e in rest.entries for k in e.ms_keys} | {key for key, *_ in expected} | set(dropped)
     extra = layout.unexpected(ms_source, used)
     if extra:
-        problems.append(f"unexpected tensors ({len(extra)}): {layout.summary(extra)}")
+        problems.append(f"unexpected tensors ({len(extra)}): {summarize(extra)}")
     layout.raise_problems(problems, ms_source)
     for lin in linears:
         problems += layout.check_ours_data(ms_source, lin, quant, fmt)

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..families.hf_layout import KV_SPLIT, SAME, Entry, Table
 from ..io.dtypes import FLOAT_DTYPES, cast
-from ..io.errors import ConvertError, summarize
+from ..io.errors import ConvertError
 from ..io.virtual import Virtual
 from . import packing
 from .spec import QuantizationConfig, SourceFormat
@@ -335,6 +335,3 @@ def dequantized_from_ours(source, lin: QLinear, quant: QuantizationConfig) -> np
 def unexpected(source, used) -> list[str]:
     return sorted(k for k in source.infos if k not in used)
 
-
-def summary(items) -> str:
-    return summarize(items)

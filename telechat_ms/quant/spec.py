@@ -211,3 +211,17 @@ def read_source_format(src_dir: str, config_data: dict, config_path: str) -> Sou
                               f"({', '.join(f'{d}: {getattr(first, d)!r} vs {getattr(other, d)!r}' for d in diff)})")
     files = tuple(os.path.basename(w) for w, _ in found if os.path.basename(w) in QUANT_FILES)
     return SourceFormat(**{**{f.name: getattr(first, f.name) for f in fields(SourceFormat)}, "files": files})
+
+
+def named_weights_file(src_dir: str) -> str | None:
+    """The `<model_file_base_name>.safetensors` an AutoGPTQ quantize_config.json names (older AutoGPTQ /
+    TheBloke files are e.g. gptq_model-4bit-128g.safetensors, not model.safetensors), if it exists."""
+    path = os.path.join(src_dir, GPTQ_FILE)
+    if not os.path.isfile(path):
+        return None
+    data = _load(path)
+    base = data.get("model_file_base_name") if isinstance(data, dict) else None
+    if not isinstance(base, str) or not base:
+        return None
+    weights = os.path.join(src_dir, base + ".safetensors")
+    return weights if os.path.isfile(weights) else None
