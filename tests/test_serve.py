@@ -407,3 +407,18 @@ def test_aquila2_is_served_with_its_tokenizer_template_and_stops(tmp_path):
         got = client.chat.completions.create(model="aquila", messages=messages, max_tokens=10)
     assert got.usage.prompt_tokens == len(ids)
     assert got.choices[0].message.content == answer_text(served.tokenizer, tokens, stops)[0]
+
+
+def test_quantized_directories_load_with_quantized_cells(tmp_path):
+    """A GPTQ int4 checkpoint converted with its weights kept quantized is served by QuantizedCausalLM
+    (telechat_ms/quant; its numerics are tested in test_quant_model.py)."""
+    from telechat_ms import TelechatConfig
+    from telechat_ms.convert import convert_hf_to_ms
+    from telechat_ms.quant.cells import QuantizedCausalLM
+    from . import quant_packer
+    quant_packer.make_llama(str(tmp_path / "hf"), TelechatConfig.preset("tiny_llama2_gqa"), "gptq", 4, 32, False,
+                            False, tokenizer=os.path.join(REPO, "data", "tiny_tokenizer.model"))
+    convert_hf_to_ms(str(tmp_path / "hf"), str(tmp_path / "ms"))
+    served = load_served(str(tmp_path / "ms"), None, None)
+    assert isinstance(served.model, QuantizedCausalLM) and served.family.name == "llama2"
+    assert served.name == "ms" and served.template(False).name == "llama2"
