@@ -458,7 +458,8 @@ def test_transposed_sources_are_read_once_per_output_tensor(converted, tmp_path,
         return original(self, key, start, stop)
     monkeypatch.setattr(Source, "read", counting)
     c = converted["telechat52b_causal_mask"]
-    convert_hf_to_ms(str(c["src"]), str(tmp_path / "ms"), dtype="bfloat16", chunk_bytes=4096)
+    # the NaN/Inf check is one more read of every weight by design (test_non_finite_...): measure the writer alone
+    convert_hf_to_ms(str(c["src"]), str(tmp_path / "ms"), dtype="bfloat16", chunk_bytes=4096, check_finite=False)
     numel = {k: v.numel() for k, v in c["state"].items()}
     for key, count in read.items():
         # c_attn -> wq, wk_v and c_fc -> w1, w3: two whole reads; every other tensor (and buffer, to record it) one

@@ -36,6 +36,11 @@ class TelechatForCausalLM(nn.Cell):
             self.lm_head.weight = self.model.tok_embeddings.embedding_weight
         self.logit_multiplier = config.logit_multiplier        # Tele-FLM output_mult / mup_scale_factor
         self.mul_logits = ops.Mul()
+        if config.quantization is not None:
+            # weight-only-quantized checkpoints: the decoder's Linears are swapped for quantized cells by
+            # composition (attention / MLP code unchanged); telechat_ms/quant/cells.py
+            from ..quant.cells import quantize_linears   # pylint: disable=import-outside-toplevel
+            quantize_linears(self, config.quantization, kernels)
         self.loss = CausalLMLoss()
         self.cast = ops.Cast()
         self.reshape = ops.Reshape()
