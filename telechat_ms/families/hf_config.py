@@ -109,8 +109,9 @@ def require_value(allowed: tuple, why: str) -> Callable[[Any, Mapping], dict]:
 def no_quantization(value, _data) -> dict:
     if value:
         method = value.get("quant_method", "?") if isinstance(value, Mapping) else value
-        raise ConfigError(f"quantized checkpoint (quant_method {method!r}): quantized import is not supported "
-                          "yet; convert a float checkpoint")
+        raise ConfigError(f"quantized checkpoint (quant_method {method!r}): convert it with convert/hf2ms.py, "
+                          "which reads the quantized weights (kept quantized, or --dequantize); see "
+                          "docs/quantization.md")
     return {}
 
 
