@@ -124,7 +124,8 @@ class SlotSession:
         self.seqs: list[list[int] | None] = [None] * slots       # every token of the slot's sequence
         self.written = [0] * slots                                # columns [0, written) hold valid keys
         self.regime: list[tuple | None] = [None] * slots          # (base, mscale) the slot's cache was built with
-        self._tables: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self._tables: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}   # regime -> cos, sin (max_len, D)
+        self._keys = None                                         # (row regimes, cos_k, sin_k) sent last step
         fresh = attach_slot_caches(model, slots, max_len)
         self.caches = [layer.attention.kv_cache for layer in model.model.layers]
         self.step_fn = slot_step_cell(model, fresh)
@@ -179,22 +180,27 @@ class SlotSession:
             feeds[slot] = (start, min(len(seq) - start, self.cap))
         return feeds
 
-    def step(self) -> dict[int, np.ndarray]:
-        if any(layer.attention.kv_cache is not cache for layer, cache in zip(self.model.model.layers, self.caches)):
-            raise RuntimeError("the model's KV caches were replaced (another session ran on this model): start a "
-                               "new SlotSession")
-        feeds = self._feeds()
-        if not feeds:
-            return {}
-        width = step_width(max(count for _, count in feeds.values()), self.cap)
-        bsz, cols = self.slots, self.max_len
+    def _key_tables(self, feeds):
+        """cos, sin (slots, 1, max_len, D) device tensors for the keys: one table per row (its regime; idle rows
+        borrow one). Cached while the rows' regimes stay the same, so a decode step neither rebuilds nor
+        re-sends the largest inputs (slots x max_len x D each)."""
+        regimes = [self.regime[s] if s in feeds else None for s in range(self.slots)]   # tables made by _inputs
+        fill = next(r for r in regimes if r is not None)
+        key = tuple(r if r is not None else fill for r in regimes)
+        if self._keys is None or self._keys[0] != key:
+            cos = np.stack([self._tables[r][0] for r in key])[:, None]                   # (B, 1, M, D)
+            sin = np.stack([self._tables[r][1] for r in key])[:, None]
+            self._keys = (key, ms.Tensor(cos, self.dtype), ms.Tensor(sin, self.dtype))
+        return self._keys[1], self._keys[2]
+
+    def _inputs(self, feeds, width: int):
+        """ids (B, S), placement (B, S, M), mask (B, 1, S, M), query tables (B, 1, S, D), pick (B,)."""
+        bsz, cols, dim = self.slots, self.max_len, self.rope.head_dim
         ids = np.zeros((bsz, width), np.int32)
         placement = np.zeros((bsz, width, cols), np.float32)
         keep = np.zeros((bsz, width, cols), bool)
         keep[:, :, 0] = True                          # padding queries see column 0: finite, ignored output
-        dim = self.rope.head_dim
         cos_q, sin_q = np.zeros((bsz, 1, width, dim), np.float32), np.zeros((bsz, 1, width, dim), np.float32)
-        cos_k, sin_k = np.zeros((bsz, 1, cols, dim), np.float32), np.zeros((bsz, 1, cols, dim), np.float32)
         pick = np.zeros(bsz, np.int32)
         for slot, (start, count) in feeds.items():
             seq = self.seqs[slot]
@@ -204,10 +210,21 @@ class SlotSession:
             keep[slot, :count] = np.arange(cols)[None, :] <= pos[:, None]             # causal within the slot
             cos, sin = self._table(self.regime[slot], len(seq))
             cos_q[slot, 0, :count], sin_q[slot, 0, :count] = cos[pos], sin[pos]
-            cos_k[slot, 0], sin_k[slot, 0] = cos, sin
             pick[slot] = count - 1
-        rope = ms.mutable(tuple(ms.Tensor(t, self.dtype) for t in (cos_q, sin_q, cos_k, sin_k)))
-        logits = self.step_fn(ms.Tensor(ids), rope, ms.Tensor(~keep[:, None]), ms.Tensor(placement, self.dtype),
+        return ids, placement, ~keep[:, None], cos_q, sin_q, pick
+
+    def step(self) -> dict[int, np.ndarray]:
+        if any(layer.attention.kv_cache is not cache for layer, cache in zip(self.model.model.layers, self.caches)):
+            raise RuntimeError("the model's KV caches were replaced (another session ran on this model): start a "
+                               "new SlotSession")
+        feeds = self._feeds()
+        if not feeds:
+            return {}
+        width = step_width(max(count for _, count in feeds.values()), self.cap)
+        ids, placement, mask, cos_q, sin_q, pick = self._inputs(feeds, width)
+        cos_k, sin_k = self._key_tables(feeds)
+        rope = ms.mutable((ms.Tensor(cos_q, self.dtype), ms.Tensor(sin_q, self.dtype), cos_k, sin_k))
+        logits = self.step_fn(ms.Tensor(ids), rope, ms.Tensor(mask), ms.Tensor(placement, self.dtype),
                               ms.Tensor(pick)).asnumpy()
         done = {}
         for slot, (start, count) in feeds.items():
