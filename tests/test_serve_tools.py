@@ -80,3 +80,83 @@ def test_held_back_tail():
     assert held_back("答案是#", ["###", "</s>"]) == 1
     assert held_back("答案是</", ["###", "</s>"]) == 2
     assert held_back("答案", []) == 0
+
+
+# ---------------------------------------------------------------------------------------- telechat-ms chat --tools
+WEATHER = [{"type": "function", "function": {"name": "get_weather", "description": "查询天气", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = tmp_path_factory.mktemp("chat_tools")
+    for cmd in ([sys.executable, f"{repo}/scripts/make_tiny_hf_checkpoint.py", str(root / "hf"), "--seq-length", "768"],
+                [sys.executable, f"{repo}/convert/hf2ms.py", "--src", str(root / "hf"), "--dst", str(root / "ms")]):
+        subprocess.run(cmd, check=True, capture_output=True, cwd=root)
+    (root / "tools.json").write_text(json.dumps(WEATHER, ensure_ascii=False), encoding="utf-8")
+    return str(root / "ms"), str(root / "tools.json")
+
+
+def _scripted_generate(monkeypatch, tokenizer, answers):
+    """generate() replaced by a script: the n-th call answers answers[n] (text -> ids); prompts are recorded."""
+    import telechat_ms.infer.chat as chat_module
+    from telechat_ms.infer.generate import GenerationResult
+    prompts = []
+
+    def generate(model, ids, config, **kwargs):
+        prompts.append(ids[0])
+        tokens = tokenizer.encode(answers[len(prompts) - 1], add_special_tokens=False)
+        return GenerationResult([tokens], ["eos"])
+    monkeypatch.setattr(chat_module, "generate", generate)
+    return prompts
+
+
+def test_chat_cli_tools_prints_calls_and_sends_tool_results(converted, tokenizer, capsys, monkeypatch):
+    from telechat_ms.data import render_ids
+    from telechat_ms.infer.cli import main
+    model, tools = converted
+    prompts = _scripted_generate(monkeypatch, tokenizer, ["我查一下。\n" + CALL, "北京今天晴。"])
+    lines = iter(["北京天气", '/tool {"weather": "晴"}', "/exit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    assert main(["--model", model, "--interactive", "--tools", tools, "--mode", "pynative"]) == 0
+    out = capsys.readouterr().out
+    assert "我查一下。\ntool_call: " + json.dumps({"name": "get_weather", "arguments": {"city": "北京"}},
+                                                ensure_ascii=False) in out
+    assert "北京今天晴。" in out and "<tool_call>" not in out
+    history = [{"role": "user", "content": "北京天气"},
+               {"role": "assistant", "content": "我查一下。", "tool_calls": [
+                   {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "北京"}}}]},
+               {"role": "tool", "content": '{"weather": "晴"}'}]
+    assert prompts == [render_ids(tokenizer, history[:1], "telechat2", WEATHER, add_generation_prompt=True),
+                       render_ids(tokenizer, history, "telechat2", WEATHER, add_generation_prompt=True)]
+
+
+def test_chat_cli_invalid_tool_call_is_text_and_a_warning(converted, tokenizer, capsys, monkeypatch):
+    from telechat_ms.infer.cli import main
+    model, tools = converted
+    bad = CALL.replace('"北京"', "北京")
+    _scripted_generate(monkeypatch, tokenizer, [bad])
+    assert main(["--model", model, "--prompt", "北京天气", "--tools", tools, "--mode", "pynative"]) == 0
+    captured = capsys.readouterr()
+    assert bad in captured.out and "tool_call:" not in captured.out
+    assert "warning: invalid tool call, printed as text: tool call 1: not valid JSON" in captured.err
+
+
+@pytest.mark.parametrize("content,named", [("not json", "cannot read a JSON list of tools"),
+                                           ('{"name": "f"}', "expected a JSON list of tool objects")])
+def test_chat_cli_bad_tools_file_is_one_error_before_loading(tmp_path, capsys, content, named):
+    from telechat_ms.infer.cli import main
+    (tmp_path / "tools.json").write_text(content, encoding="utf-8")
+    assert main(["--model", str(tmp_path / "missing"), "--prompt", "hi", "--tools", str(tmp_path / "tools.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and named in err[0]
+
+
+def test_chat_cli_tools_are_not_for_batches(converted, tmp_path, capsys):
+    from telechat_ms.infer.cli import main
+    (tmp_path / "in.jsonl").write_text('{"prompt": "hi"}\n', encoding="utf-8")
+    assert main(["--model", converted[0], "--input", str(tmp_path / "in.jsonl"), "--tools", converted[1]]) == 2
+    assert "--tools is for --prompt / --interactive" in capsys.readouterr().err

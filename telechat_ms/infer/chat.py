@@ -3,6 +3,7 @@ stop strings (the template's plus the generation config's), streaming text."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Callable
 
 from ..config.base import ConfigError
@@ -33,27 +34,42 @@ class ChatSession:
     `template`: a ChatTemplate, a built-in name or a jinja file (telechat_ms.data.resolve_template); `style`
     (chat / mindformers) is the older spelling of the two TeleChat2 templates and is used when template is None.
     A system message is added only when `system` is given (the TeleChat2 template adds its default itself).
+    `tools` (OpenAI tool descriptions) are rendered by the template; the answer's `<tool_call>` blocks are then
+    parsed (telechat_ms/serve/tools.py) into `last_tool_calls` and kept in the history as tool_calls.
     """
 
     def __init__(self, model, tokenizer, config: GenerationConfig, system: str | None = None,
-                 style: str = "chat", max_length: int | None = None, template=None):
+                 style: str = "chat", max_length: int | None = None, template=None, tools: list | None = None):
         check_tokenizer_fits(tokenizer, model.config)
-        self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.model, self.tokenizer, self.config, self.tools = model, tokenizer, config, tools
         self.template = resolve_template(template if template is not None else style)
         self.stop_strings = stop_strings_for(self.template, config.stop_strings)
         self.max_length = max_length or model.config.seq_length
         self.messages: list[dict] = [{"role": "system", "content": system}] if system else []
+        self.last_tool_calls: list = []
+        self.last_tool_error: str | None = None
 
-    def prompt_ids(self, question: str) -> list[int]:
-        messages = self.messages + [{"role": "user", "content": question}]
-        return render_ids(self.tokenizer, messages, self.template, add_generation_prompt=True)
+    def prompt_ids(self, question: str, role: str = "user") -> list[int]:
+        messages = self.messages + [{"role": role, "content": question}]
+        return render_ids(self.tokenizer, messages, self.template, self.tools, add_generation_prompt=True)
 
-    def ask(self, question: str, on_text: Callable[[str], None] | None = None) -> tuple[str, GenerationResult]:
-        ids = self.prompt_ids(question)
+    def ask(self, question: str, on_text: Callable[[str], None] | None = None,
+            role: str = "user") -> tuple[str, GenerationResult]:
+        """Answer a user message (or, role="tool", a tool result); with tools the answer is the text outside
+        the tool-call blocks (stream it only without tools: the blocks would be streamed as text)."""
+        ids = self.prompt_ids(question, role)
         answer, result = complete(self.model, self.tokenizer, [ids], self.config, self.max_length, on_text,
                                   stop_strings=self.stop_strings)
-        self.messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer[0]}]
-        return answer[0], result
+        reply = {"role": "assistant", "content": answer[0]}
+        if self.tools:
+            from ..serve.tools import generated_text, parse_tool_calls  # pylint: disable=import-outside-toplevel
+            content, self.last_tool_calls, self.last_tool_error = parse_tool_calls(
+                generated_text(self.tokenizer, result.tokens[0], self.stop_strings)[0])
+            reply = {"role": "assistant", "content": content, "tool_calls": [
+                {"type": "function", "function": {"name": c.name, "arguments": json.loads(c.arguments)}}
+                for c in self.last_tool_calls]}
+        self.messages += [{"role": role, "content": question}, reply]
+        return reply["content"], result
 
 
 def complete(model, tokenizer, prompts: list[list[int]], config: GenerationConfig, max_length: int,

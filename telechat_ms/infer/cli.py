@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device-target", choices=("CPU", "Ascend", "GPU"), default="CPU")
     p.add_argument("--mode", choices=("graph", "pynative"), default="graph")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel size (launch with msrun, one worker per rank)")
+    p.add_argument("--tools", help="JSON file: a list of OpenAI tool descriptions rendered by the chat template; the "
+                   "answer's <tool_call> blocks are printed as `tool_call: {...}` lines (--interactive: answer "
+                   "with `/tool RESULT`)")
     return p
 
 
@@ -59,6 +62,13 @@ def check_args(args) -> None:
            for name in ("max_length", "tp") if (value := getattr(args, name)) is not None and value < 1]
     if args.template and args.chat_template:
         bad.append("--template and --chat-template both name a template: pass one")
+    if args.tools and args.input:
+        bad.append("--tools is for --prompt / --interactive")
+    elif args.tools:
+        try:
+            _read_tools(args.tools)
+        except ConfigError as exc:
+            bad.append(str(exc))
     if args.output and not args.input:
         bad.append("--output is for --input (answers to --prompt / --interactive go to stdout)")
     elif args.output:
@@ -218,12 +228,36 @@ def _read_question() -> str | None:
     return None if question.strip() in ("/exit", "/quit") else question
 
 
+def _read_tools(path: str | None) -> list | None:
+    """--tools: a JSON list of tool descriptions (OpenAI `{"type": "function", "function": {...}}`)."""
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            tools = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--tools {path}: cannot read a JSON list of tools: {exc}") from None
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise ConfigError(f"--tools {path}: expected a JSON list of tool objects")
+    return tools
+
+
+def _print_tool_calls(session) -> None:
+    """The parsed calls of the last answer (serve/tools.py); an invalid block stays in the printed text."""
+    for call in session.last_tool_calls:
+        print("tool_call: " + json.dumps({"name": call.name, "arguments": json.loads(call.arguments)},
+                                         ensure_ascii=False))
+    if session.last_tool_error:
+        print(f"warning: invalid tool call, printed as text: {session.last_tool_error}", file=sys.stderr)
+
+
 def _run_chat(args, model, tokenizer, config) -> int:
     from .chat import ChatSession
     session = ChatSession(model, tokenizer, config, system=args.system, max_length=args.max_length,
-                          template=chat_template(args, model.config))
+                          template=chat_template(args, model.config), tools=_read_tools(args.tools))
     lead = _is_lead(model)
-    stream = None if args.no_stream or not lead else (lambda t: print(t, end="", flush=True))
+    # with tools the answer is printed once parsed: streamed text would show the raw <tool_call> blocks
+    stream = None if args.no_stream or args.tools or not lead else (lambda t: print(t, end="", flush=True))
     questions = [args.prompt] if args.prompt else None
     while True:
         if questions is not None:
@@ -233,10 +267,12 @@ def _run_chat(args, model, tokenizer, config) -> int:
         elif (question := _read_question()) is None:
             return 0
         kept = len(session.messages)
+        role = "tool" if session.tools and question.startswith("/tool ") else "user"
         try:
-            answer, result = session.ask(question, on_text=stream)
+            answer, result = session.ask(question[len("/tool "):] if role == "tool" else question, stream, role)
             if lead:
-                print("" if stream else answer)
+                print("" if stream else answer or "")
+                _print_tool_calls(session)
                 _report(result, sys.stderr)
                 _warn_if_cut(result, 0, config.max_new_tokens, f"the prompt with the conversation so far "
                              f"({result.prompt_tokens} tokens)", session.max_length)
