@@ -158,3 +158,36 @@ def test_bad_input_is_one_error_line(loaded, tmp_path, capsys):
     with pytest.raises(ConfigError, match="empty"):
         (tmp_path / "empty.txt").write_text("  \n", encoding="utf-8")
         read_documents(str(tmp_path / "empty.txt"), tokenizer)
+
+
+def test_answers_only_counts_the_sft_label_tokens(loaded, tmp_path):
+    """--answers-only: the NLL of exactly the tokens render_training labels, each with the whole conversation
+    before it as context (one window here), equal to the reference."""
+    from telechat_ms.data.chat_template import render_training
+    pair, model, tokenizer = loaded
+    template = "llama2" if pair.name == "llama2" else "telechat2"
+    rows = [{"messages": [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！我是助手。"},
+                          {"role": "user", "content": "The quick brown fox?"},
+                          {"role": "assistant", "content": "jumps over the lazy dog."}]},
+            {"input": "Hello world", "output": "this is a tiny tokenizer."}]
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    docs, masks = read_documents(str(data), tokenizer, template=template, answers_only=True)
+    total, count = 0.0, 0
+    for ids, mask, messages in zip(docs, masks, [rows[0]["messages"], None]):
+        if messages is not None:
+            labels = render_training(tokenizer, messages, template)[1]
+            assert list(mask) == [lab != -100 for lab in labels]
+        assert 0 < mask.sum() < len(ids) and not mask[0]
+        window = np.array(ids, np.int64)
+        logits = pair.logits(window[None, :-1])[0].astype(np.float64)
+        logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+        nll = logz - logits[np.arange(len(window) - 1), window[1:]]
+        total, count = total + float(nll[mask[1:]].sum()), count + int(mask.sum())
+    longest = max(map(len, docs))                                           # one window per conversation
+    report = perplexity(TokenScorer(model, batch_size=2), docs, longest, masks=masks, progress=False)
+    assert report.tokens_scored == count
+    assert abs(report.nll_mean - total / count) <= REL_TOL * total / count
+    with pytest.raises(ConfigError, match="needs chat rows"):
+        (tmp_path / "t.jsonl").write_text('{"text": "a"}\n', encoding="utf-8")
+        read_documents(str(tmp_path / "t.jsonl"), tokenizer, answers_only=True)

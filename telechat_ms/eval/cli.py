@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pad-multiple", type=int, default=64, help="pad rows to a multiple of this many tokens "
                    "(fewer graph compiles; never changes the numbers)")
     p.add_argument("--text-key", default="text", help="jsonl field holding the text (default: text)")
+    p.add_argument("--answers-only", action="store_true", help="chat rows: count only the assistant answers "
+                   "(the tokens SFT trains on; perplexity = exp of the SFT loss)")
     p.add_argument("--chat-template", help="template for chat rows: built-in name or jinja file (default: the "
                    "checkpoint's, else the family's)")
     p.add_argument("--tokenizer", help="tokenizer file or directory (default: the model directory)")
@@ -98,9 +100,10 @@ def _run_perplexity(args) -> int:
     max_length = args.max_length or model.config.seq_length
     if args.stride is not None and args.stride > max_length:
         raise ConfigError(f"--stride {args.stride} must not exceed the window length {max_length}")
-    documents = read_documents(args.data, tokenizer, args.text_key, _template(args, model))
+    documents, masks = read_documents(args.data, tokenizer, args.text_key, _template(args, model), args.answers_only)
     scorer = TokenScorer(model, args.batch_size, args.pad_multiple)
-    report = perplexity(scorer, documents, max_length, args.stride, progress=not args.no_progress)
+    report = perplexity(scorer, documents, max_length, args.stride, not args.no_progress, masks)
+    report.answers_only = args.answers_only
     report.model, report.data = args.model, args.data
     if args.output:
         _write(args.output, report.to_json(), args.overwrite)

@@ -2,7 +2,9 @@
 
 Documents: a .txt file is one document (the HF recipe joins its corpus into one text as well); a .jsonl file
 gives one document per line: a `text` field (or `--text-key`), or a chat row (`{"messages": [...]}`, or the
-official / mindformers SFT formats of `telechat-ms preprocess`) rendered with the model's chat template.
+official / mindformers SFT formats of `telechat-ms preprocess`) rendered with the model's chat template. With
+`answers_only` only the assistant answers of chat rows count (the tokens SFT trains on: the perplexity is then
+exp of the SFT loss on that data), each read with the whole conversation before it as context.
 
 Long documents use the sliding window of the HF perplexity recipe (transformers docs, "Perplexity of
 fixed-length models"): windows start every `stride` tokens, each at most `max_length` tokens, and a window
@@ -19,6 +21,8 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
+
+import numpy as np
 
 from ..config.base import ConfigError
 
@@ -71,25 +75,31 @@ class PerplexityReport:
     seconds: float
     model: str = ""
     data: str = ""
+    answers_only: bool = False           # only the assistant answers of chat rows were counted
     per_document: list = field(default_factory=list)    # [{"document", "tokens_scored", "nll_mean", "perplexity"}]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, indent=2) + "\n"
 
     def summary(self) -> str:
+        what = "answer tokens" if self.answers_only else "tokens"
         return (f"perplexity {self.perplexity:.4f} (mean NLL {self.nll_mean:.6f} nats over {self.tokens_scored} "
-                f"tokens, {self.documents} documents, {self.windows} windows of <= {self.max_length} tokens, "
+                f"{what}, {self.documents} documents, {self.windows} windows of <= {self.max_length} tokens, "
                 f"stride {self.stride}) | {self.seconds:.1f} s")
 
 
 def perplexity(scorer, documents: list[list[int]], max_length: int, stride: int | None = None,
-               progress: bool = True) -> PerplexityReport:
-    """Token-weighted perplexity of token-id documents under `scorer` (a telechat_ms.eval.scoring.TokenScorer)."""
+               progress: bool = True, masks: list | None = None) -> PerplexityReport:
+    """Token-weighted perplexity of token-id documents under `scorer` (a telechat_ms.eval.scoring.TokenScorer).
+    `masks[d]` (bool per token of document d, or None for all): only these tokens count as targets (the
+    assistant answers of a chat row, the tokens SFT trains on); the windows are the same."""
     from tqdm import tqdm   # pylint: disable=import-outside-toplevel
     stride = max_length if stride is None else stride
-    windows = [w for d, ids in enumerate(documents) for w in sliding_windows(len(ids), max_length, stride, d)]
+    masks = masks or [None] * len(documents)
+    windows = [w for d, ids in enumerate(documents) for w in sliding_windows(len(ids), max_length, stride, d)
+               if masks[d] is None or masks[d][w.end - w.n_scored:w.end].any()]
     if not windows:
-        raise ConfigError("no token to score: every document has fewer than 2 tokens")
+        raise ConfigError("no token to score: every document has fewer than 2 tokens (or no answer tokens)")
     requests = [(documents[w.document][w.begin:w.end], w.n_scored) for w in windows]
     start = time.perf_counter()
     with tqdm(total=sum(w.n_scored for w in windows), desc="perplexity", unit="tok", disable=not progress,
@@ -99,8 +109,10 @@ def perplexity(scorer, documents: list[list[int]], max_length: int, stride: int 
     nll = [0.0] * len(documents)
     count = [0] * len(documents)
     for w, s in zip(windows, scored):
-        nll[w.document] -= float(s.logprobs.sum())
-        count[w.document] += w.n_scored
+        keep = masks[w.document]
+        keep = slice(None) if keep is None else keep[w.end - w.n_scored:w.end]
+        nll[w.document] -= float(s.logprobs[keep].sum())
+        count[w.document] += int(np.ones(w.n_scored, bool)[keep].sum())
     total_tokens = sum(count)
     mean = sum(nll) / total_tokens
     per_doc = [{"document": d, "tokens_scored": c, "nll_mean": n / c, "perplexity": _exp(n / c)}
@@ -115,12 +127,17 @@ def _exp(x: float) -> float:
 
 # ---- reading documents -------------------------------------------------------------------------------------
 
-def read_documents(path: str, tokenizer, text_key: str = "text", template=None) -> list[list[int]]:
-    """Token ids of each document of a .txt / .jsonl file (module docstring). Errors name file and line."""
+def read_documents(path: str, tokenizer, text_key: str = "text", template=None,
+                   answers_only: bool = False) -> tuple[list[list[int]], list]:
+    """(token ids of each document, masks) of a .txt / .jsonl file (module docstring); masks[d] is None (every
+    token counts) or, with `answers_only`, True on the assistant-answer tokens of a chat row. Errors name file
+    and line."""
     if not os.path.isfile(path):
         raise ConfigError(f"--data {path}: no such file")
     if path.endswith(".jsonl"):
-        return _read_jsonl(path, tokenizer, text_key, template)
+        return _read_jsonl(path, tokenizer, text_key, template, answers_only)
+    if answers_only:
+        raise ConfigError(f"--answers-only: {path} is plain text; it needs chat rows (.jsonl)")
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
@@ -128,39 +145,47 @@ def read_documents(path: str, tokenizer, text_key: str = "text", template=None) 
         raise ConfigError(f"--data {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if not text.strip():
         raise ConfigError(f"--data {path}: the file is empty")
-    return [tokenizer.encode(text)]
+    return [tokenizer.encode(text)], [None]
 
 
-def _read_jsonl(path: str, tokenizer, text_key: str, template) -> list[list[int]]:
-    docs = []
+def _read_jsonl(path: str, tokenizer, text_key: str, template, answers_only: bool):
+    docs, masks = [], []
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, 1):
             if not raw.strip():
                 continue
             try:
-                row = json.loads(raw.decode("utf-8"))
-                docs.append(_row_ids(row, tokenizer, text_key, template))
+                ids, mask = _row_ids(json.loads(raw.decode("utf-8")), tokenizer, text_key, template, answers_only)
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise ConfigError(f"{path}:{lineno}: not a JSON line ({exc})") from None
             except ConfigError as exc:
                 raise ConfigError(f"{path}:{lineno}: {exc}") from None
+            docs.append(ids)
+            masks.append(mask)
     if not docs:
         raise ConfigError(f"--data {path}: no documents (every line is blank)")
-    return docs
+    return docs, masks
 
 
-def _row_ids(row, tokenizer, text_key: str, template) -> list[int]:
+def _row_ids(row, tokenizer, text_key: str, template, answers_only: bool):
     """A text row is encoded as the tokenizer does (BOS where the checkpoint's tokenizer adds one); a chat
-    row is the rendered conversation, as training sees it."""
+    row is the rendered conversation, as training sees it (with `answers_only`, masked to the tokens whose
+    SFT label is set)."""
     if isinstance(row, dict) and isinstance(row.get(text_key), str):
-        return tokenizer.encode(row[text_key])
-    from ..data.chat_template import render_ids   # pylint: disable=import-outside-toplevel
+        if answers_only:
+            raise ConfigError(f"--answers-only needs chat rows, got a '{text_key}' row")
+        return tokenizer.encode(row[text_key]), None
+    from ..data.chat_template import render_ids, render_training   # pylint: disable=import-outside-toplevel
     from ..data.formats import PARSERS, detect_format   # pylint: disable=import-outside-toplevel
     if isinstance(row, dict) and isinstance(row.get("messages"), list):
-        return render_ids(tokenizer, row["messages"], template)
-    kind = detect_format(row)
-    if kind is None:
+        messages, tools = row["messages"], None
+    elif (kind := detect_format(row)) is not None:
+        sample = PARSERS[kind](row)
+        messages, tools = sample.messages, sample.tools
+    else:
         raise ConfigError(f"expected a '{text_key}' string field, a 'messages' list or an SFT row (official "
                           "'dialog' / mindformers 'input'+'output')")
-    sample = PARSERS[kind](row)
-    return render_ids(tokenizer, sample.messages, template, sample.tools)
+    if not answers_only:
+        return render_ids(tokenizer, messages, template, tools), None
+    ids, labels = render_training(tokenizer, messages, template, tools)
+    return list(ids), np.asarray(labels) != -100
