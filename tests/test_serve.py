@@ -171,6 +171,8 @@ def test_seeded_sampling_and_stop_strings(client):
     other = _chat(client, "你好", max_tokens=10, temperature=0.9, seed=8, extra_body={"top_k": 50})
     assert first.choices[0].message.content == again.choices[0].message.content
     assert first.choices[0].message.content != other.choices[0].message.content
+    unseeded = {_chat(client, "你好", max_tokens=10, temperature=0.9).choices[0].message.content for _ in range(2)}
+    assert len(unseeded) == 2                                         # no seed: a fresh one per request
     whole = _chat(client, "你好", max_tokens=12).choices[0].message.content
     stop = whole[len(whole) // 2:len(whole) // 2 + 2]
     cut = _chat(client, "你好", max_tokens=12, stop=[stop])

@@ -3,12 +3,13 @@
 Unknown fields are ignored (clients such as LangChain send extras); fields we cannot honour are refused with 400
 naming the field (n > 1, logprobs, best_of > 1, non-zero presence / frequency penalties, logit_bias).
 Sampling: a request's values override the model directory's generation_config.json; temperature 0 means greedy,
-any other temperature samples; top_k <= 0 (vLLM's -1) disables top-k.
+any other temperature samples; top_k <= 0 (vLLM's -1) disables top-k; no seed = a fresh random seed.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import secrets
 from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -139,8 +140,8 @@ def generation_config(request, defaults: GenerationConfig) -> GenerationConfig:
         changes["top_k"] = max(int(request.top_k), 0)
     if request.repetition_penalty is not None:
         changes["repetition_penalty"] = float(request.repetition_penalty)
-    if request.seed is not None:
-        changes["seed"] = int(request.seed)
+    # a request without a seed draws a fresh one (OpenAI semantics: unseeded sampling differs per request)
+    changes["seed"] = int(request.seed) if request.seed is not None else secrets.randbits(63)
     return dataclasses.replace(defaults, **changes)
 
 
