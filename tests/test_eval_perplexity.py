@@ -191,3 +191,29 @@ def test_answers_only_counts_the_sft_label_tokens(loaded, tmp_path):
     with pytest.raises(ConfigError, match="needs chat rows"):
         (tmp_path / "t.jsonl").write_text('{"text": "a"}\n', encoding="utf-8")
         read_documents(str(tmp_path / "t.jsonl"), tokenizer, answers_only=True)
+
+
+def test_quantized_directory_equals_its_dequantized_float(tmp_path, capsys):
+    """A GPTQ int4 directory kept quantized (the quantized linear cells) is evaluated like any converted
+    directory, and its perplexity is the one of the same weights dequantized to fp32."""
+    from telechat_ms import TelechatConfig
+    from telechat_ms.convert.pipeline import convert_hf_to_ms
+
+    from . import quant_packer as qp
+    set_mode("graph")
+    config = TelechatConfig.preset("tiny_llama2_gqa")
+    qp.make_llama(str(tmp_path / "hf"), config, "gptq", 4, 32, True, False,
+                  tokenizer=os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "tiny_tokenizer.model"))
+    convert_hf_to_ms(str(tmp_path / "hf"), str(tmp_path / "q"))
+    convert_hf_to_ms(str(tmp_path / "hf"), str(tmp_path / "deq"), dequantize=True, dtype="float32")
+    data = tmp_path / "one.txt"
+    data.write_text(TEXTS[0], encoding="utf-8")
+    reports = {}
+    for name in ("q", "deq"):
+        out = tmp_path / f"{name}.json"
+        assert main(["--model", str(tmp_path / name), "--data", str(data), "--max-length", "32", "--stride", "16",
+                     "--batch-size", "2", "--output", str(out), "--no-progress"]) == 0
+        reports[name] = json.loads(out.read_text(encoding="utf-8"))
+    capsys.readouterr()
+    assert reports["q"]["tokens_scored"] == reports["deq"]["tokens_scored"] > 100
+    assert abs(reports["q"]["nll_mean"] - reports["deq"]["nll_mean"]) <= REL_TOL * reports["deq"]["nll_mean"]
