@@ -7,6 +7,7 @@ stop strings; raw completions at the family's + the request's.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -30,9 +31,15 @@ class ServedModel:
     defaults: GenerationConfig
     max_len: int
 
+    templates: dict = dataclasses.field(default_factory=dict, repr=False)   # tools? -> ChatTemplate
+
     def template(self, tools: bool) -> ChatTemplate:
-        return resolve_template(None, tokenizer_dir=self.directory, default=self.family.default_template,
-                                tools=tools)
+        """The checkpoint's chat template (its "tool_use" one for tools, if named), else the family default;
+        read once."""
+        if tools not in self.templates:
+            self.templates[tools] = resolve_template(None, tokenizer_dir=self.directory,
+                                                     default=self.family.default_template, tools=tools)
+        return self.templates[tools]
 
     def chat_stops(self, template: ChatTemplate, extra: list[str]) -> list[str]:
         return stop_strings_for(template, self.family.stop_strings, self.defaults.stop_strings, extra)
