@@ -125,7 +125,7 @@ def _stream_text(stream):
     return text, finish, usage
 
 
-def _wait(predicate, timeout=10.0):
+def _wait(predicate, timeout=30.0):
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached"
@@ -291,7 +291,7 @@ def test_disconnects_free_their_slots_and_slow_readers_stall_nobody(client, serv
     finally:
         for conn in conns:
             conn.close()
-    _wait(lambda: engine.load()["active"] == 0, timeout=5)           # 700 tokens would take > 7 s
+    _wait(lambda: engine.load()["active"] == 0, timeout=8)           # 3 x 700 tokens x 10 ms would take 21 s
     assert engine.stats["cancelled"] == cancelled + 3
 
 
