@@ -25,8 +25,9 @@ setup(
     extras_require={
         # Independent references for parity tests only; the package never imports them.
         # `openai`: the official client the serve tests talk to.
+        # `peft` (+ `accelerate`, which it needs): the LoRA parity reference (tests/test_lora.py).
         "test": ["pytest", "torch==2.13.0", "transformers==4.57.1", "openai>=1.0",
-                 "lm_eval>=0.4.13,<0.5"],
+                 "lm_eval>=0.4.13,<0.5", "peft>=0.18", "accelerate"],
         # lm-evaluation-harness for `telechat-ms eval --tasks` / the `telechat_ms` lm_eval model (optional)
         "eval": ["lm_eval>=0.4.13,<0.5"],
     },

@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tools", help="JSON file: a list of OpenAI tool descriptions rendered by the chat template; the "
                    "answer's <tool_call> blocks are printed as `tool_call: {...}` lines (--interactive: answer "
                    "with `/tool RESULT`)")
+    # LoRA (issue 12): the adapter's layers wrap the base linears; nothing is merged (docs/training.md)
+    p.add_argument("--adapter", help="LoRA adapter directory (PEFT format, e.g. a LoRA training step) applied to "
+                   "--model without merging")
     return p
 
 
@@ -60,6 +63,10 @@ def check_args(args) -> None:
     """Refuse impossible flags before anything is loaded (a 0 is never "the default")."""
     bad = [f"--{name.replace('_', '-')} must be >= 1, got {value}"
            for name in ("max_length", "tp") if (value := getattr(args, name)) is not None and value < 1]
+    if args.adapter and args.tp > 1:
+        bad.append("--adapter is single-device; with --tp merge it first (telechat-ms merge-lora)")
+    elif args.adapter and not os.path.isfile(os.path.join(args.adapter, "adapter_config.json")):
+        bad.append(f"--adapter {args.adapter}: no adapter_config.json (expected a PEFT LoRA adapter directory)")
     if args.template and args.chat_template:
         bad.append("--template and --chat-template both name a template: pass one")
     if args.tools and args.input:
@@ -145,6 +152,9 @@ def _load(args):
         model = load_tensor_parallel(args.model, args.tp, kernels)
     else:
         model = TelechatForCausalLM.from_pretrained(args.model, kernels)
+        if args.adapter:
+            from ..lora import load_adapter
+            load_adapter(model, args.adapter)
     model.set_train(False)
     kind = args.tokenizer_kind or _family(model.config).tokenizer_kind
     return model, load_tokenizer(args.tokenizer or args.model, kind=None if kind == "auto" else kind)

@@ -101,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reserve-gb", type=float, default=Hardware.reserve_gb)
     p.add_argument("--no-validate", action="store_true", help="skip the static strategy validation")
     p.add_argument("--emit-yaml", help="write the plan's parallel sections (mindformers format) here")
+    # LoRA (issue 12): frozen base, adapter-only states (telechat_ms/lora/memory.py); a --config yaml's lora: /
+    # pet_config is read too
+    p.add_argument("--lora-rank", type=int, help="plan a LoRA finetune of this rank (with --lora-targets)")
+    p.add_argument("--lora-targets", help="comma-separated LoRA target modules, our or the family's HF names "
+                   "(default with --lora-rank: wq,wk_v,wo,w1,w2,w3)")
+    p.add_argument("--lora-base-dtype", choices=("float32", "float16", "bfloat16"),
+                   help="frozen base dtype (default: the model's compute dtype)")
     return p
 
 
@@ -190,11 +197,27 @@ def _validate(config, par: ParallelConfig, work: Workload) -> str:
     return f"static validation (Ascend kernels): {len(report.ops)} sharded ops valid for batch {batch}, seq {work.seq_len}"
 
 
+def _with_lora(args, run_cfg, config, work: Workload) -> Workload:
+    """The Workload with LoRA memory when the yaml has lora: / pet_config or --lora-rank is given."""
+    import dataclasses   # pylint: disable=import-outside-toplevel
+    from ..lora.config import LoraConfig, lora_from_run   # pylint: disable=import-outside-toplevel
+    from ..lora.memory import LoraMemory   # pylint: disable=import-outside-toplevel
+    lora = lora_from_run(run_cfg, args.config) if run_cfg is not None else None
+    if args.lora_rank is not None or args.lora_targets:
+        targets = (args.lora_targets or "wq,wk_v,wo,w1,w2,w3").split(",")
+        lora = LoraConfig(rank=args.lora_rank or (lora.rank if lora else 8), target_modules=targets,
+                          source="--lora-rank/--lora-targets")
+    if lora is None:
+        return work
+    return dataclasses.replace(work, lora=LoraMemory.from_config(config, lora, args.lora_base_dtype))
+
+
 def run(args) -> int:
     check_args(args)
     run_cfg = run_yaml.load_run_yaml(args.config) if args.config else None
     config = _model(args, run_cfg)
     work, hw = _settings(args, run_cfg)
+    work = _with_lora(args, run_cfg, config, work)
     layout = _explicit_layout(args, run_cfg, config)
     if layout is not None:
         if args.devices is not None and args.devices != layout.device_num:
@@ -219,6 +242,10 @@ def run(args) -> int:
         plan = plans[0]
     print(f"{config.family} {config.num_parameters() / 1e9:.2f}B params, seq {work.seq_len}, micro batch "
           f"{work.micro_batch_size}")
+    if work.lora is not None:
+        lora = work.lora
+        print(f"LoRA r{lora.rank} on {len(lora.modules)} linears: {lora.trainable(config.num_layers, True) / 1e6:.1f}M "
+              f"trainable params; frozen base at {lora.base_bytes} bytes/param")
     print(format_plan(config, plan, work, hw))
     if not args.no_validate:
         print(_validate(config, plan.parallel, work))
