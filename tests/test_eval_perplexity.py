@@ -80,7 +80,7 @@ def loaded(request, tmp_path_factory):
 
 
 # telechat2 at 32: every window within training_seqlen; at 48: NTK alpha and mscale on, rows padded only where
-# the rotary regime allows it (31 -> 64 for llama, never past 32 for telechat2)
+# the rotary regime allows it (31 -> 64 for llama, 31 -> 32 for telechat2, never past 32)
 @pytest.mark.parametrize("max_length,stride,batch", [(32, 32, 2), (32, 11, 3), (48, 16, 4)])
 def test_perplexity_equals_torch_reference(loaded, max_length, stride, batch):
     pair, model, tokenizer = loaded
@@ -102,7 +102,9 @@ def test_windows_that_cross_the_ntk_threshold_are_not_padded(loaded):
     pair, model, _ = loaded
     scorer = TokenScorer(model, batch_size=1, pad_multiple=64)
     if pair.name == "telechat2":
-        assert scorer.padded_length(31) == 31 and scorer.padded_length(47) == 47 and scorer.padded_length(3) == 3
+        # up to training_seqlen 32 the rotary does not depend on the length; past it every length is its own
+        assert scorer.padded_length(31) == 32 and scorer.padded_length(3) == 32 and scorer.padded_length(47) == 47
+        assert TokenScorer(model, batch_size=4).batches([47, 20, 46, 3, 31]) == [[0], [2], [4, 1, 3]]
     else:
         assert scorer.padded_length(31) == 64 and scorer.padded_length(47) == 64
 

@@ -69,11 +69,18 @@ class TokenScorer:
         self.shapes: set[tuple[int, int]] = set()              # graph shapes run so far (compiles)
 
     def padded_length(self, longest: int) -> int:
-        """`longest` rounded up to pad_multiple when that keeps the rotary regime of `longest`."""
+        """`longest` rounded up to pad_multiple, or if that changes the rotary regime of `longest`, the longest
+        length that keeps it (e.g. training_seqlen: below it TeleChat's rotary does not depend on the length).
+        Regimes change monotonically with the length, so the lengths sharing one form an interval."""
         rounded = -(-longest // self.pad_multiple) * self.pad_multiple
-        if rounded != longest and rope_regime(self.rope, rounded) != rope_regime(self.rope, longest):
-            return longest
-        return rounded
+        regime = rope_regime(self.rope, longest)
+        if rope_regime(self.rope, rounded) == regime:
+            return rounded
+        low, high = longest, rounded                 # regime(low) == regime, regime(high) != regime
+        while high - low > 1:
+            mid = (low + high) // 2
+            low, high = (mid, high) if rope_regime(self.rope, mid) == regime else (low, mid)
+        return low
 
     def score(self, requests: Sequence[tuple[Sequence[int], int]],
               on_batch: Callable[[list[int]], None] | None = None) -> list[Scored]:
