@@ -182,6 +182,9 @@ class TrainConfig:
     lr_schedule: LrScheduleConfig = field(default_factory=LrScheduleConfig)
     loss_scale: LossScaleConfig = field(default_factory=LossScaleConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    # LoRA (issue 12): telechat_ms.lora.LoraConfig from the `lora:` section or MindFormers' pet_config; None =
+    # full finetuning
+    lora: Any = field(default=None, compare=False)
     source: str = "config"
 
     def __post_init__(self):
@@ -242,9 +245,11 @@ class TrainConfig:
                 _SECTIONS[key](value, kwargs, f"{source}: {key}")
             elif key in _TOP_KEYS:
                 kwargs[key] = value
-            elif key not in TOP_IGNORED:
+            elif key not in TOP_IGNORED and key != "lora":     # LoRA: read below
                 raise ConfigError(f"{source}: unknown config key '{key}' (run keys: {', '.join(sorted(_TOP_KEYS))}; "
                                   f"sections: {', '.join(sorted(_SECTIONS))}; see docs/training.md)")
+        from ..lora.config import lora_from_run   # pylint: disable=import-outside-toplevel
+        kwargs["lora"] = lora_from_run(data, source)    # `lora:` or model.model_config.pet_config
         try:
             return cls(**kwargs)
         except ConfigError as exc:

@@ -80,8 +80,9 @@ def _write_json(path: str, data) -> None:
 
 
 def save(root: str, step: int, model_params: dict, optimizer_state: dict, state: dict, model_config,
-         keep: int, side_dirs=()) -> str:
-    """Write step `step` atomically under `root`, then rotate (see `_rotate`). Returns its path."""
+         keep: int, side_dirs=(), write_model=None) -> str:
+    """Write step `step` atomically under `root`, then rotate (see `_rotate`). Returns its path.
+    `write_model(directory)` replaces the model weights (LoRA runs write only their adapter, telechat_ms/lora)."""
     os.makedirs(root, exist_ok=True)
     _remove_stale_tmp(root)
     final = os.path.join(root, step_dir_name(step))
@@ -89,9 +90,12 @@ def save(root: str, step: int, model_params: dict, optimizer_state: dict, state:
     os.chmod(tmp, 0o755)                   # mkdtemp's 0700 would hide the checkpoint from other users
     try:
         model_config.to_yaml(os.path.join(tmp, MODEL_CONFIG))
-        write_tensors(model_params, os.path.join(tmp, SAFE_SINGLE))
-        _write_json(os.path.join(tmp, SAFE_INDEX), {"metadata": {"step": step},
-                                                     "weight_map": {name: SAFE_SINGLE for name in sorted(model_params)}})
+        if write_model is not None:
+            write_model(tmp)
+        else:
+            write_tensors(model_params, os.path.join(tmp, SAFE_SINGLE))
+            _write_json(os.path.join(tmp, SAFE_INDEX), {"metadata": {"step": step}, "weight_map":
+                                                         {name: SAFE_SINGLE for name in sorted(model_params)}})
         write_tensors(optimizer_state, os.path.join(tmp, OPTIMIZER_FILE))
         copy_side_files(list(side_dirs), tmp)
         _write_json(os.path.join(tmp, STATE_FILE), {**state, "step": step})
@@ -153,6 +157,8 @@ def _remove_stale_tmp(root: str) -> None:
 
 _STEP_NAME = re.compile(re.escape(PREFIX) + r"(\d+)")
 _REQUIRED = (MODEL_CONFIG, SAFE_SINGLE, SAFE_INDEX, OPTIMIZER_FILE, STATE_FILE)
+# a LoRA step holds its adapter in the PEFT format instead of model weights (telechat_ms/lora/training.py)
+_REQUIRED_LORA = (MODEL_CONFIG, "adapter_config.json", "adapter_model.safetensors", OPTIMIZER_FILE, STATE_FILE)
 
 
 def step_dirs(root: str) -> list[tuple[int, str]]:
@@ -168,7 +174,8 @@ def step_dirs(root: str) -> list[tuple[int, str]]:
 def is_complete(path: str) -> bool:
     """Every file a resume reads is there (trainer_state.json alone is not enough: a directory half deleted
     by an older version kept it)."""
-    return all(os.path.isfile(os.path.join(path, name)) for name in _REQUIRED)
+    return any(all(os.path.isfile(os.path.join(path, name)) for name in required)
+               for required in (_REQUIRED, _REQUIRED_LORA))
 
 
 def complete_steps(root: str) -> list[str]:

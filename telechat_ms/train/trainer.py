@@ -43,7 +43,8 @@ def load_run(yaml_path: str):
     section = model.get("model_config") if isinstance(model, dict) else None
     if section is not None and not isinstance(section, dict):
         raise ConfigError(f"{yaml_path}: model.model_config must be a mapping")
-    dropped = MODEL_CONFIG_RUN_KEYS | _NOT_ARCHITECTURE
+    # LoRA: pet_config is read by TrainConfig (config.lora, telechat_ms/lora/config.py), not an architecture key
+    dropped = MODEL_CONFIG_RUN_KEYS | _NOT_ARCHITECTURE | {"pet_config"}
     overrides = {k: v for k, v in (section or {}).items() if k not in dropped}
     parallel = run.get("parallel_config")
     return TrainConfig.from_dict(run, source=yaml_path), overrides, dict(parallel) if isinstance(parallel, dict) else {}
@@ -231,7 +232,10 @@ class Trainer:
         config = model_config_for_amp(config, amp_level, self.config.device_target)
         kernels = Kernels.for_device(self.config.device_target)
         self.side_dirs = [d for d in (model_dir, self.config.load_checkpoint) if d and os.path.isdir(d)]
-        if model_dir and not self.resume_from:
+        if self.config.lora is not None:     # LoRA: frozen base + adapters, only adapters train (telechat_ms/lora)
+            from ..lora import training as lora_training   # pylint: disable=import-outside-toplevel
+            network, self.lora_base = lora_training.build_network(self.config, config, kernels, self.resume_from)
+        elif model_dir and not self.resume_from:
             network = TelechatForCausalLM.from_pretrained(model_dir, kernels, **dataclasses.asdict(config))
         else:
             network = TelechatForCausalLM(config, kernels)
@@ -241,7 +245,11 @@ class Trainer:
         return config, apply_amp(network, amp_level, self.config.device_target), amp_level
 
     def _restore(self) -> int:
-        state = ckpt.restore(self.resume_from, self.network, self.optimizer)
+        if self.config.lora is not None:     # LoRA: a step holds the adapter, not the model weights
+            from ..lora import training as lora_training   # pylint: disable=import-outside-toplevel
+            state = lora_training.restore(self.resume_from, self.network, self.optimizer)
+        else:
+            state = ckpt.restore(self.resume_from, self.network, self.optimizer)
         saved = state.get("schedule", {})
         mine = self._schedule_state()
         # keys a checkpoint of an older version lacks cannot be compared
@@ -329,8 +337,12 @@ class Trainer:
             return None
         root = os.path.join(self.config.output_dir, "checkpoint")
         state = {"loss_scale": self.scaler.state(), "schedule": self._schedule_state(), "amp_level": self.amp_level}
+        write_model = None
+        if self.config.lora is not None:     # LoRA: the adapter in the PEFT format instead of the model weights
+            from ..lora import training as lora_training   # pylint: disable=import-outside-toplevel
+            write_model = lora_training.writer(self.network, self.config.lora, self.lora_base)
         path = ckpt.save(root, step, self.network.parameters_dict(), self.optimizer.state(), state,
-                         self.export_config, self.config.checkpoint.keep_checkpoint_max, self.side_dirs)
+                         self.export_config, self.config.checkpoint.keep_checkpoint_max, self.side_dirs, write_model)
         self.printer(f"saved checkpoint {path}")
         return path
 
@@ -341,4 +353,10 @@ class Trainer:
                 f"global batch {s.global_batch} = {c.batch_size} x accum {c.gradient_accumulation_steps} x "
                 f"dp {self.data_parallel} | {s.num_rows} rows, {s.steps_per_epoch} steps/epoch | "
                 f"lr schedule over {self._schedule_state()['total_steps']} steps | "
-                f"loss scale {self.scaler.value:g}{' dynamic' if self.scaler.dynamic else ''}")
+                f"loss scale {self.scaler.value:g}{' dynamic' if self.scaler.dynamic else ''}" + self._lora_note())
+
+    def _lora_note(self) -> str:
+        if self.config.lora is None:
+            return ""
+        from ..lora import training as lora_training   # pylint: disable=import-outside-toplevel
+        return " | " + lora_training.describe(self.network)
