@@ -175,6 +175,40 @@ def test_conv1d_c_attn_and_c_fc_are_exact_both_ways():
         "model.layers.0.attention.wq"].delta(), mine["model.layers.0.attention.wq"].delta(), atol=1e-12)
 
 
+@pytest.mark.parametrize("preset", ["tiny", "tiny_moe", "tiny_telechat1", "tiny_telechat1_untied", "tiny_telechat52b",
+                                    "tiny_teleflm_gqa", "tiny_aquila2_gqa", "tiny_llama2"])
+def test_every_family_round_trips_adapters_on_all_its_linears(preset):
+    """Random adapters on every linear of each family: ours -> the family's HF names -> ours, bit for bit (MoE:
+    attention, router and head; the experts are stacked tensors, not linears)."""
+    from telechat_ms.lora.memory import _shapes
+    config = TelechatConfig.preset(preset)
+    modules = config_linears(config)
+    shapes = _shapes(config)
+    ours = _random_adapters({m: shapes[m] for m in modules}, rank=2, seed=len(preset))
+    hf = ours_to_hf(config, ours, modules)
+    assert set(hf) & set(ours) == {"lm_head"}                                  # every other name is the family's
+    _assert_same(hf_to_ours(config, hf, modules), ours)
+
+
+def test_telechat1_7b_spelling_and_tied_head(tmp_path):
+    """TeleChat v1 7B names its modules without `transformer.`; a LoRA on its tied lm_head works at chat time
+    but cannot be merged (the head is the embedding table)."""
+    from telechat_ms.lora.merge import merged_state
+    from telechat_ms.lora.peft_format import adapters_for_model
+    config = TelechatConfig.preset("tiny_telechat1")
+    h = config.hidden_size
+    bare = _random_adapters({"h.1.self_attention.query": (h, h), "lm_head": (config.vocab_size, h)}, 2, 0)
+    tensors = {f"base_model.model.{m}.lora_{x}.weight": getattr(a, x.lower()) for m, a in bare.items() for x in "AB"}
+    os.makedirs(tmp_path / "a")
+    save_file(tensors, str(tmp_path / "a" / "adapter_model.safetensors"))
+    (tmp_path / "a" / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4}))
+    ours, _ = adapters_for_model(str(tmp_path / "a"), config)
+    assert sorted(ours) == ["lm_head", "model.layers.1.attention.wq"]
+    assert ours["lm_head"].scaling == 2.0
+    with pytest.raises(ConfigError, match="tied lm_head"):
+        merged_state({}, config, ours)
+
+
 # ----------------------------------------------------------------------------- models (fp32, pynative)
 def _write_hf(dst, config, state):
     os.makedirs(dst)
