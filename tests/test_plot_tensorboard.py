@@ -46,7 +46,9 @@ def test_step_logger_writes_scalars_and_eta(tmp_path):
     assert np.allclose([v for _, v in scalars["learning-rate"]], [1e-3, 2e-3])
     assert " | eta 0:00:" in lines[0] and lines[1].endswith("loss scale 1024 -> 512")
     assert format_eta(3725.4) == "1:02:05"
+    logger.log(3, 4.0, 3e-3, 512.0, 1.5, True, 512.0)                # after flush(): a new event file
     logger.close()
+    assert read_scalars(str(tmp_path / "tb"))["loss"] == [(1, 5.0), (2, 4.5), (3, 4.0)]
 
 
 @pytest.fixture(scope="module")

@@ -46,26 +46,36 @@ def flops_per_token(model_config, seq_length: int) -> float:
 
 
 class TensorBoardScalars:
-    """One tensorboardX writer in `<tensorboard_dir>/rank_<rank>` (MindFormers' layout); NaN values (a skipped
-    step's grad norm) are not written."""
+    """tensorboardX writers in `<tensorboard_dir>/rank_<rank>` (MindFormers' layout); NaN values (a skipped
+    step's grad norm) are not written. tensorboardX writes from a background thread: its flush() only reaches
+    the events that thread already took, so only close() guarantees that every event is on disk; a write after
+    close() opens a new event file in the same directory (TensorBoard reads them all)."""
 
     def __init__(self, tensorboard_dir: str, rank: int = 0):
-        from tensorboardX import SummaryWriter   # pylint: disable=import-outside-toplevel
         self.path = os.path.join(tensorboard_dir, f"rank_{rank}")
         os.makedirs(self.path, exist_ok=True)
-        self.writer = SummaryWriter(logdir=self.path)
+        self.writer = None
+        self.opened = 0
 
     def write(self, record: dict) -> None:
+        if self.writer is None:
+            from tensorboardX import SummaryWriter   # pylint: disable=import-outside-toplevel
+            # event file names carry the time in seconds: a suffix keeps a reopened writer off the last file
+            self.opened += 1
+            self.writer = SummaryWriter(logdir=self.path, filename_suffix=f".{os.getpid()}.{self.opened}")
         for key, tag in TB_TAGS.items():
             value = float(record[key])
             if math.isfinite(value):
                 self.writer.add_scalar(tag, value, global_step=record["step"])
 
     def flush(self) -> None:
-        self.writer.flush()
+        if self.writer is not None:
+            self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
 
 class StepLogger:
@@ -110,19 +120,18 @@ class StepLogger:
             self.tensorboard.write(record)
         if show or not finite:
             self.printer(format_record(record, self.total_steps, new_scale, self.eta_seconds(step)))
-            if self.tensorboard is not None:     # a crash loses at most one print interval of scalars
+            if self.tensorboard is not None:     # best effort between prints (see TensorBoardScalars)
                 self.tensorboard.flush()
         return record
 
     def flush(self) -> None:
-        """End of a train() call: everything written so far reaches the event file."""
-        if self.tensorboard is not None:
-            self.tensorboard.flush()
-
-    def close(self) -> None:
+        """End of a train() call: the TensorBoard events written so far are all on disk (the writer is closed;
+        a later log() opens a new event file)."""
         if self.tensorboard is not None:
             self.tensorboard.close()
-            self.tensorboard = None
+
+    def close(self) -> None:
+        self.flush()
 
 
 def format_eta(seconds: float) -> str:
