@@ -462,3 +462,18 @@ def test_plan_counts_a_frozen_base_and_adapter_states_only():
     adapters = config.num_layers * per_layer
     assert low.states_gb == pytest.approx((2 * full.params + 16 * adapters) / 1e9)
     assert low.total_gb < 30 < full.total_gb and low.time_s < full.time_s
+
+
+def test_plan_cli_reads_lora_from_flags_and_yaml(tmp_path, capsys):
+    from telechat_ms.parallel.plan_cli import main as plan_main
+    common = ["--no-validate", "--seq-len", "4096"]
+    assert plan_main(["--model", "7b", "--dp", "1", "--mp", "1", "--pp", "1", "--recompute", "full",
+                      "--lora-rank", "8", *common]) == 0                       # fits one NPU with LoRA
+    assert "LoRA r8 on 180 linears: 18.7M trainable params" in capsys.readouterr().out
+    assert plan_main(["--model", "7b", "--dp", "1", "--mp", "1", "--pp", "1", "--recompute", "full", *common]) == 1
+    capsys.readouterr()
+    path = tmp_path / "lora.yaml"
+    path.write_text(f"base_config: {os.path.join(REPO, 'yaml_configs', 'finetune_telechat2_7b.yaml')}\n"
+                    "lora: {rank: 16, target_modules: [query, key_value]}\n", encoding="utf-8")
+    assert plan_main(["--config", str(path), "--no-validate"]) == 0
+    assert "LoRA r16 on 60 linears" in capsys.readouterr().out
