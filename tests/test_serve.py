@@ -351,7 +351,7 @@ def test_bad_json_and_unknown_route(server):
 
 
 @pytest.mark.parametrize("flags,named", [
-    (["--adapter", "lora_dir"], "LoRA adapters are not supported yet"),
+    (["--adapter", "lora_dir"], "--adapter lora_dir: no adapter_config.json"),
     (["--max-batch", "0"], "--max-batch must be >= 1, got 0"),
     (["--max-len", "-1"], "--max-len must be >= 1, got -1"),
 ])
@@ -424,3 +424,26 @@ def test_quantized_directories_load_with_quantized_cells(tmp_path):
     served = load_served(str(tmp_path / "ms"), None, None)
     assert isinstance(served.model, QuantizedCausalLM) and served.family.name == "llama2"
     assert served.name == "ms" and served.template(False).name == "llama2"
+
+
+def test_lora_adapter_is_served_like_chat_with_the_adapter(client, checkpoint, tmp_path, capsys):
+    """--adapter: a PEFT LoRA adapter applied without merging; greedy answers equal `telechat-ms chat --adapter`
+    and differ from the base model's."""
+    from telechat_ms.lora import LoraConfig, adapter_arrays, apply_lora, save_adapter
+    from telechat_ms.lora.inject import Adapter, set_adapter_arrays
+    from telechat_ms.model import TelechatForCausalLM
+    model = TelechatForCausalLM.from_pretrained(checkpoint)
+    apply_lora(model, LoraConfig(rank=4, alpha=8, target_modules=["wq", "wk_v", "w2"]))
+    rng = np.random.default_rng(3)                  # non-zero B: the adapter changes the answers
+    set_adapter_arrays(model, {m: Adapter(a.a, rng.normal(0, 0.5, a.b.shape).astype(np.float32), a.scaling)
+                               for m, a in adapter_arrays(model).items()})
+    adapter = str(tmp_path / "adapter")
+    save_adapter(model, adapter, base=checkpoint)
+    with serving(load_served(checkpoint, "lora", None, adapter=adapter)) as running:
+        lora = openai.OpenAI(base_url=f"http://127.0.0.1:{running.port}/v1", api_key="unused", max_retries=0)
+        got = lora.chat.completions.create(model="lora", messages=[{"role": "user", "content": "你好"}],
+                                           max_tokens=12).choices[0].message.content
+    assert chat_main(["--model", checkpoint, "--adapter", adapter, "--prompt", "你好", "--max-new-tokens", "12",
+                      "--no-stream"]) == 0
+    assert got == capsys.readouterr().out[:-1]
+    assert got != _chat(client, "你好", max_tokens=12).choices[0].message.content

@@ -6,6 +6,7 @@ directory, tokenizer, a port that cannot be bound).
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import sys
 
@@ -17,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="telechat-ms serve", description="OpenAI-compatible HTTP API for a converted "
                                 "model: /v1/chat/completions, /v1/completions, /v1/models, /health")
     p.add_argument("--model", required=True, help="converted directory (convert/hf2ms.py output)")
-    p.add_argument("--adapter", help="LoRA adapter directory (not supported yet)")
+    p.add_argument("--adapter", help="LoRA adapter directory (PEFT format, e.g. a LoRA training step) applied to "
+                   "--model without merging")
     p.add_argument("--served-model-name", help="the model id clients send (default: the directory's name)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
@@ -40,9 +42,8 @@ def check_args(args) -> None:
         bad.append(f"--max-queue must be >= 0, got {args.max_queue}")
     if not 0 <= args.port <= 65535:
         bad.append(f"--port must be in 0..65535, got {args.port}")
-    if args.adapter:
-        bad.append(f"--adapter {args.adapter}: LoRA adapters are not supported yet (issue 12); serve a directory "
-                   "with the adapter merged into the weights")
+    if args.adapter and not os.path.isfile(os.path.join(args.adapter, "adapter_config.json")):
+        bad.append(f"--adapter {args.adapter}: no adapter_config.json (expected a PEFT LoRA adapter directory)")
     if bad:
         raise ConfigError("; ".join(bad))
 
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         from .served import load_served  # pylint: disable=import-outside-toplevel
         ms.set_context(mode=ms.GRAPH_MODE if args.mode == "graph" else ms.PYNATIVE_MODE)
         ms.set_device(args.device_target)
-        served = load_served(args.model, args.served_model_name, args.max_len, args.device_target)
+        served = load_served(args.model, args.served_model_name, args.max_len, args.device_target, args.adapter)
         engine = Engine(served.model, served.tokenizer, args.max_batch, served.max_len, args.max_queue,
                         args.prefill_chunk)
     except (ConfigError, ConvertError, FileNotFoundError) as exc:

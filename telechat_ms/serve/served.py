@@ -56,14 +56,19 @@ def generation_defaults(directory: str, model_config) -> GenerationConfig:
     return GenerationConfig(eos_token_id=[model_config.eos_token_id])
 
 
-def load_served(directory: str, name: str | None, max_len: int | None, device_target: str = "CPU"):
-    """Load model + tokenizer of a converted directory, float or GPTQ / AWQ quantized (quant.cells.load_model);
-    errors are ConfigError / ConvertError."""
+def load_served(directory: str, name: str | None, max_len: int | None, device_target: str = "CPU",
+                adapter: str | None = None):
+    """Load model + tokenizer of a converted directory, float or GPTQ / AWQ quantized (quant.cells.load_model),
+    with a PEFT LoRA `adapter` applied without merging (telechat_ms.lora); errors are ConfigError /
+    ConvertError."""
     from ..data.tokenizer import load_tokenizer  # pylint: disable=import-outside-toplevel
     from ..infer.chat import check_tokenizer_fits  # pylint: disable=import-outside-toplevel
     from ..model import Kernels  # pylint: disable=import-outside-toplevel
     from ..quant.cells import load_model  # pylint: disable=import-outside-toplevel
     model = load_model(directory, Kernels.for_device(device_target))
+    if adapter:
+        from ..lora import load_adapter  # pylint: disable=import-outside-toplevel
+        load_adapter(model, adapter)
     model.set_train(False)
     family = get_family(model.config.family)
     kind = None if family.tokenizer_kind == "auto" else family.tokenizer_kind
