@@ -247,23 +247,13 @@ def test_missing_dataset_is_one_clear_error(tmp_path, capsys):
     assert "dataset_dir is empty" in capsys.readouterr().err
 
 
-def test_plot_loss_writes_png(tmp_path, capsys):
-    import zlib
-    from telechat_ms.train.cli import plot_loss_main
-    log = tmp_path / "train_log.jsonl"
-    records = [{"step": s, "loss": 6.0 - s * 0.05, "overflow": s == 3} for s in range(1, 61)]
-    log.write_text("\n".join(json.dumps(r) for r in records) + "\n", encoding="utf-8")
-    out = tmp_path / "loss.png"
-    assert plot_loss_main(["--log", str(log), "--output", str(out), "--width", "320", "--height", "200"]) == 0
-    assert "60 steps, loss 5.9500 -> 3.0000" in capsys.readouterr().out
-    data = out.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
-    assert int.from_bytes(data[16:20], "big") == 320 and int.from_bytes(data[20:24], "big") == 200
-    idat = data.index(b"IDAT")
-    pixels = np.frombuffer(zlib.decompress(data[idat + 4:idat + 4 + int.from_bytes(data[idat - 4:idat], "big")]),
-                           np.uint8).reshape(200, 1 + 320 * 3)[:, 1:].reshape(200, 320, 3)
-    assert (pixels == (20, 60, 160)).all(-1).sum() > 100                    # the smoothed curve is drawn
-    text = tmp_path / "worker_0.log"
-    text.write_text("noise\nstep 1/2 | loss 5.5 | lr 1e-3\nstep 2/2 | loss 5.0 | lr 1e-3\n", encoding="utf-8")
-    assert plot_loss_main(["--log", str(text), "--output", str(out)]) == 0
-    assert plot_loss_main(["--log", str(tmp_path / "none.log"), "--output", str(out)]) == 2
+def test_recompute_is_applied_and_changes_no_loss(dataset, tmp_path):
+    """recompute_config is honoured by the native loop (memory, not values): full recompute with
+    recompute_slice_activation on every layer; the losses equal the run without recompute."""
+    plain = make_trainer(dataset, tmp_path / "a", stop_step=3, amp_level="O0")
+    parallel = plain.config.parallel.replace(recompute=True, recompute_slice_activation=True)
+    again = make_trainer(dataset, tmp_path / "b", stop_step=3, amp_level="O0", parallel=parallel)
+    for layer in again.network.model.layers:
+        assert layer.recompute_flags == {"recompute_slice_activation": True} and layer._has_config_recompute
+    assert not plain.network.model.layers[0]._has_config_recompute
+    np.testing.assert_allclose(again.train().losses, plain.train().losses, rtol=0, atol=1e-6)

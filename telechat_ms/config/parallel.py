@@ -16,11 +16,27 @@ from .base import ConfigError, check_positive, check_type, strict_from_dict
 # per-stage layer counts: bool (all / none), [count per stage], or [[count per stage] per interleave chunk]
 StageCounts = Union[bool, int, list]
 
-# mindformers keys we accept and drop: they do not change the layout we derive (or are context settings)
-IGNORED_PARALLEL_KEYS = frozenset({"context_parallel", "seq_split_num", "mem_coeff", "context_parallel_algo",
-                                   "ulysses_degree_in_cp", "auto_parallel", "optimizer_shard"})
-IGNORED_RECOMPUTE_KEYS = frozenset({"parallel_optimizer_comm_recompute", "select_recompute_exclude",
-                                    "select_comm_recompute_exclude"})
+# mindformers keys with no layout of their own here: accepted, kept in `extra` (docs/training.md)
+IGNORED_PARALLEL_KEYS = frozenset({
+    "mem_coeff",                 # MindFormers' memory coefficient for its own auto-recompute estimates
+    "context_parallel_algo", "ulysses_degree_in_cp",   # only with context_parallel > 1, which is refused
+    "optimizer_shard",           # deprecated in MindFormers (r0.7): "will not have any effect"
+    "auto_parallel",
+    "context_parallel", "seq_split_num",   # accepted at 1 only (NEUTRAL_ONLY_KEYS)
+})
+IGNORED_RECOMPUTE_KEYS = frozenset({"select_recompute_exclude", "select_comm_recompute_exclude"})
+# ... of which these are refused at any value but the neutral one, naming the key and why
+NEUTRAL_ONLY_KEYS = {
+    "context_parallel": ((None, 1), "context parallelism has no shard plan for TelechatForCausalLM"),
+    "seq_split_num": ((None, 1), "MindFormers' sequence pipeline (SequenceSplit) is not implemented for "
+                                 "TelechatForCausalLM"),
+    "select_recompute_exclude": ((None, False, {}, []), "per-op exclusions from select recompute name "
+                                                        "MindFormers' own layer ops"),
+    "select_comm_recompute_exclude": ((None, False, {}, []), "per-op exclusions from select recompute name "
+                                                             "MindFormers' own layer ops"),
+    "fine_grain_interleave": ((None, 1), "MindFormers' Llama-only split of each layer into interleaved halves; "
+                                         "TelechatForCausalLM has no such layer"),
+}
 
 
 @dataclass
@@ -41,7 +57,11 @@ class ParallelConfig:
     select_recompute: StageCounts = False
     select_comm_recompute: StageCounts = False
     mp_comm_recompute: bool = True
+    # with full recompute: slice the stored layer outputs over model parallel (MindSpore Cell.recompute flag)
     recompute_slice_activation: bool = False
+    # with full recompute: re-gather the parallel optimizer's sharded weights in the backward pass instead of
+    # keeping the gathered copies (MindSpore Cell.recompute flag)
+    parallel_optimizer_comm_recompute: bool = False
     # parallel optimizer (mindformers `parallel` section): shards weights + AdamW states over data parallel
     enable_parallel_optimizer: bool = False
     optimizer_weight_shard_size: int = -1   # -1: the whole data-parallel group
@@ -56,7 +76,8 @@ class ParallelConfig:
                      "gradient_aggregation_group", "pp_interleave_num"):
             check_positive(name, getattr(self, name))
         for name in ("use_seq_parallel", "vocab_emb_dp", "ep_extend_tp", "mp_comm_recompute",
-                     "recompute_slice_activation", "enable_parallel_optimizer", "gradient_accumulation_shard"):
+                     "recompute_slice_activation", "parallel_optimizer_comm_recompute", "enable_parallel_optimizer",
+                     "gradient_accumulation_shard"):
             check_type(name, getattr(self, name), bool)
         check_type("optimizer_weight_shard_size", self.optimizer_weight_shard_size, int)
         self._check_relations()
@@ -126,7 +147,10 @@ class ParallelConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "parallel config") -> "ParallelConfig":
         """Flat mapping of field names (mindformers spelling); keys of the ignore lists are dropped."""
-        ignored = IGNORED_PARALLEL_KEYS | IGNORED_RECOMPUTE_KEYS
+        ignored = IGNORED_PARALLEL_KEYS | IGNORED_RECOMPUTE_KEYS | set(NEUTRAL_ONLY_KEYS)
+        for key, (neutral, why) in NEUTRAL_ONLY_KEYS.items():
+            if key in data and data[key] not in neutral:
+                raise ConfigError(f"{source}: {key}: {data[key]!r} is not supported ({why})")
         config = strict_from_dict(cls, data, source, ignored=ignored)
         config.extra = {k: v for k, v in data.items() if k in ignored}
         return config
@@ -145,7 +169,7 @@ class ParallelConfig:
             if key in opt:
                 flat[key] = opt[key]
         model_cfg = (_section(run, "model", source).get("model_config") or {})
-        for key in ("offset", "pp_interleave_num"):
+        for key in ("offset", "pp_interleave_num", "fine_grain_interleave"):
             if key in model_cfg:
                 flat[key] = model_cfg[key]
         if "moe_config" in run:
@@ -159,7 +183,8 @@ class ParallelConfig:
                                               "use_seq_parallel", "micro_batch_num", "vocab_emb_dp",
                                               "gradient_aggregation_group")}
         rec = {k: getattr(self, k) for k in ("recompute", "select_recompute", "select_comm_recompute",
-                                              "mp_comm_recompute", "recompute_slice_activation")}
+                                              "mp_comm_recompute", "recompute_slice_activation",
+                                              "parallel_optimizer_comm_recompute")}
         opt = {"optimizer_weight_shard_size": self.optimizer_weight_shard_size,
                "gradient_accumulation_shard": self.gradient_accumulation_shard}
         out = {

@@ -3,8 +3,8 @@
 The yaml is the one `run_mindformer.py` takes, so one file drives both `telechat-ms train` (native loop) and
 MindFormers' Trainer. Sections read here: top-level run keys, `context`, `runner_config`, `runner_wrapper`,
 `optimizer`, `lr_schedule`, `train_dataset`, `callbacks`. `model` is read by TelechatConfig and the parallel
-sections by the parallel config. Unknown keys fail naming the key; the MindFormers keys in the *_IGNORED
-sets are accepted and have no effect on the native loop (listed in docs/training.md).
+sections by the parallel config. Unknown keys fail naming the key; every other MindFormers key is classified in
+config/train_keys.py (inert, honoured only by --engine mindformers, or refused) and listed in docs/training.md.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from . import train_keys as keys
 from .base import ConfigError, check_positive, check_type, strict_from_dict
 
 AMP_LEVELS = ("O0", "O1", "O2")
@@ -21,39 +22,14 @@ DEVICE_TARGETS = ("CPU", "Ascend", "GPU")
 LR_SCHEDULES = ("CosineWithWarmUpLR", "ConstantWarmUpLR")
 OPTIMIZERS = ("AdamW",)
 
-# Top-level MindFormers keys with no meaning for the native loop (sections owned by other configs included).
-TOP_IGNORED = frozenset({
-    "model", "parallel", "parallel_config", "recompute_config", "moe_config", "processor", "trainer",
-    "train_dataset_task", "eval_dataset", "eval_dataset_task", "do_eval", "eval_step_interval",
-    "eval_epoch_interval", "metric", "eval_callbacks", "src_strategy_path_or_dir", "auto_trans_ckpt",
-    "only_save_strategy", "transform_process_num", "remote_save_url", "profile", "profile_start_step",
-    "profile_stop_step", "profile_communication", "profile_memory", "init_start_profile", "layer_scale",
-    "layer_decay", "lr_scale", "lr_scale_factor", "micro_batch_interleave_num", "auto_tune", "filepath_prefix",
-    "autotune_per_step", "load_ckpt_format", "load_ckpt_async", "use_legacy", "use_legacy_format",
-    "swap_config", "monitor_config", "tensorboard", "print_separate_loss", "calculate_per_token_loss",
-    "ignore_data_skip", "data_skip_steps", "input_data", "predict_batch_size", "adapter_id",
-    "train_precision_sync", "infer_precision_sync", "postprocess_use_numpy", "model_name",
-})
-CONTEXT_IGNORED = frozenset({
-    "device_id", "max_call_depth", "max_device_memory", "save_graphs", "save_graphs_path", "enable_graph_kernel",
-    "jit_config", "memory_optimize_level", "runtime_num_threads", "ascend_config", "affinity_cpu_list",
-    "deterministic", "mempool_block_size", "graph_kernel_flags", "enable_compile_cache", "compile_cache_path",
-})
-RUNNER_IGNORED = frozenset({"sink_mode", "sink_size", "initial_epoch", "initial_step"})
-WRAPPER_IGNORED = frozenset({"local_norm", "calculate_per_token_loss", "global_norm_spike_threshold",
-                             "use_skip_data_by_global_norm"})
+# sections other configs read: model (TelechatConfig + MODEL_RUN keys), parallel_config / recompute_config
+# (ParallelConfig), moe_config (checked against the model, train_keys.check_moe_config)
+READ_ELSEWHERE = frozenset({"model", "parallel_config", "recompute_config", "moe_config",
+                            "lora"})     # LoRA: `lora:` and model.model_config.pet_config -> TrainConfig.lora
 WRAPPER_TYPES = ("MFTrainOneStepCell", "TelechatTrainOneStepCell", "TrainOneStepWithLossScaleCell",
                  "MFPipelineWithLossScaleCell")
-DATASET_IGNORED = frozenset({"num_parallel_workers", "python_multiprocessing", "drop_remainder", "batch_size",
-                             "repeat", "numa_enable", "prefetch_size", "seed", "output_columns", "construct_args_key",
-                             "input_columns", "pad_token_id", "eod_reset", "divisor", "remainder",
-                             "eod_token_id", "auto_tune", "filepath_prefix", "autotune_per_step", "profile"})
-LOADER_IGNORED = frozenset({"type", "num_samples", "column_names"})
-CHECKPOINT_IGNORED = frozenset({"type", "integrated_save", "async_save", "save_network_params",
-                                "save_trainable_params", "checkpoint_format", "remove_redundancy",
-                                "embedding_local_norm_threshold", "directory"})
-CALLBACKS_IGNORED = frozenset({"ObsMonitor", "SummaryMonitor", "ProfileMonitor", "TrainingStateMonitor",
-                               "EvalCallBack", "TrainCallBack", "MFLossMonitor"})
+DATASET_COLUMNS = ("input_ids", "labels", "position_ids", "document_ids")   # what `telechat-ms preprocess` writes
+DATASET_TASKS = ("CausalLanguageModelDataset",)
 
 
 def to_float(name: str, value: Any, allow_none: bool = False) -> float | None:
@@ -182,6 +158,17 @@ class TrainConfig:
     lr_schedule: LrScheduleConfig = field(default_factory=LrScheduleConfig)
     loss_scale: LossScaleConfig = field(default_factory=LossScaleConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    tensorboard_dir: str | None = None     # `tensorboard: {tensorboard_dir}`: scalars in <dir>/rank_0 (train/logs.py)
+    num_parallel_workers: int = 1          # dataset reader threads
+    prefetch_size: int | None = None       # dataset prefetch depth (mindspore.dataset.config)
+    context: dict = field(default_factory=dict)           # context keys applied with mindspore.set_context
+    # settings only --engine mindformers honours ({'section.key': 'value: why'}); the native loop refuses them
+    mindformers_only: dict = field(default_factory=dict, compare=False)
+    # `parallel` settings the native loop cannot honour under use_parallel (semi-auto, parallel optimizer)
+    parallel_settings: dict = field(default_factory=dict, compare=False)
+    # the layout sections (parallel_config, recompute_config, parallel, model_config offset, moe_config)
+    parallel: Any = field(default=None, compare=False)
+    moe_config: dict = field(default_factory=dict, compare=False)   # checked against the model (train_keys)
     # LoRA (issue 12): telechat_ms.lora.LoraConfig from the `lora:` section or MindFormers' pet_config; None =
     # full finetuning
     lora: Any = field(default=None, compare=False)
@@ -199,9 +186,13 @@ class TrainConfig:
             raise ConfigError(f"context.mode must be 0 (graph) or 1 (pynative), got {self.mode!r}")
         # 50 > the 32 halvings of the largest usual initial scale (2^32) down to 1: a healthy fp16 start
         # never skips that many steps in a row
-        for name in ("epochs", "batch_size", "gradient_accumulation_steps", "log_interval", "max_consecutive_skips"):
+        for name in ("epochs", "batch_size", "gradient_accumulation_steps", "log_interval", "max_consecutive_skips",
+                     "num_parallel_workers"):
             check_positive(name, getattr(self, name))
         check_type("stop_step", self.stop_step, int)
+        check_type("prefetch_size", self.prefetch_size, int, allow_none=True)
+        check_type("tensorboard_dir", self.tensorboard_dir, str, allow_none=True)
+        check_type("context", self.context, dict)
         check_type("resume_training", self.resume_training, (bool, str))
         for name in ("use_parallel", "use_clip_grad", "shuffle", "overwrite_output_dir"):
             check_type(name, getattr(self, name), bool)
@@ -239,21 +230,33 @@ class TrainConfig:
         if not isinstance(schedule, Mapping) or "learning_rate" not in schedule:
             raise ConfigError(f"{source}: no lr_schedule.learning_rate; a run yaml sets at least the learning rate "
                               "(see yaml_configs/tiny/train_tiny.yaml and docs/training.md)")
-        kwargs: dict[str, Any] = {"source": source}
-        for key, value in data.items():
+        kwargs: dict[str, Any] = {"source": source, "mindformers_only": {}}
+        rest = keys.check_section(keys.TOP, data, source, "", kwargs["mindformers_only"])
+        for key, value in rest.items():
             if key in _SECTIONS:
                 _SECTIONS[key](value, kwargs, f"{source}: {key}")
             elif key in _TOP_KEYS:
                 kwargs[key] = value
-            elif key not in TOP_IGNORED and key != "lora":     # LoRA: read below
+            elif key not in READ_ELSEWHERE:
                 raise ConfigError(f"{source}: unknown config key '{key}' (run keys: {', '.join(sorted(_TOP_KEYS))}; "
                                   f"sections: {', '.join(sorted(_SECTIONS))}; see docs/training.md)")
+        from .parallel import ParallelConfig   # pylint: disable=import-outside-toplevel
+        kwargs["parallel"] = ParallelConfig.from_run_config(data, source)
+        kwargs["moe_config"] = dict(_mapping(data.get("moe_config") or {}, f"{source}: moe_config"))
         from ..lora.config import lora_from_run   # pylint: disable=import-outside-toplevel
-        kwargs["lora"] = lora_from_run(data, source)    # `lora:` or model.model_config.pet_config
+        kwargs["lora"] = lora_from_run(data, source)
         try:
             return cls(**kwargs)
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
+
+    def check_layout_enabled(self) -> None:
+        """A layout over several devices without use_parallel would be dropped silently (MindFormers resets it to
+        one device in stand-alone mode): refused by both engines."""
+        par = self.parallel
+        if par is not None and not self.use_parallel and par.device_num > 1:
+            raise ConfigError(f"{self.source}: parallel_config describes {par.describe()} but use_parallel is false; "
+                              "set use_parallel: true (and launch with msrun) or a one-device layout")
 
 
 _TOP_KEYS = frozenset({"seed", "output_dir", "run_mode", "load_checkpoint", "resume_training", "use_parallel",
@@ -266,29 +269,35 @@ def _mapping(value, where: str) -> Mapping:
     return value
 
 
-def _pick(value, where: str, names: dict[str, str], ignored: frozenset) -> dict[str, Any]:
-    """{our field: value} for the keys in `names` (yaml key -> field); other keys must be in `ignored`."""
+def _pick(value, where: str, names: dict[str, str], rules: Mapping, kwargs: dict) -> dict[str, Any]:
+    """{our field: value} for the keys in `names` (yaml key -> field); other keys must have a rule in `rules`
+    (train_keys.py: refused values raise, mindformers-only values are recorded in kwargs['mindformers_only'])."""
+    dotted = where.split(": ", 1)[-1]
+    rest = keys.check_section(rules, _mapping(value, where), where, dotted, kwargs.setdefault("mindformers_only", {}))
     out = {}
-    for key, item in _mapping(value, where).items():
-        if key in names:
-            out[names[key]] = item
-        elif key not in ignored:
-            raise ConfigError(f"{where}: unknown key '{key}' (accepted: {', '.join(sorted(set(names) | ignored))})")
+    for key, item in rest.items():
+        if key not in names:
+            raise ConfigError(f"{where}: unknown key '{key}' (accepted: {', '.join(sorted(set(names) | set(rules)))})")
+        out[names[key]] = item
     return out
 
 
+_CONTEXT_RULES = {**keys.CONTEXT, **{k: keys.inert("mindspore.set_context") for k in keys.CONTEXT_APPLIED}}
+
+
 def _context(value, kwargs, where):
-    kwargs.update(_pick(value, where, {"device_target": "device_target", "mode": "mode"}, CONTEXT_IGNORED))
+    kwargs.update(_pick(value, where, {"device_target": "device_target", "mode": "mode"}, _CONTEXT_RULES, kwargs))
+    kwargs["context"] = {k: v for k, v in _mapping(value, where).items() if k in keys.CONTEXT_APPLIED}
 
 
 def _runner(value, kwargs, where):
     names = {k: k for k in ("epochs", "batch_size", "gradient_accumulation_steps", "stop_step")}
-    kwargs.update(_pick(value, where, names, RUNNER_IGNORED))
+    kwargs.update(_pick(value, where, names, keys.RUNNER, kwargs))
 
 
 def _wrapper(value, kwargs, where):
     picked = _pick(value, where, {"type": "type", "scale_sense": "scale_sense", "use_clip_grad": "use_clip_grad",
-                                  "max_grad_norm": "max_grad_norm"}, WRAPPER_IGNORED)
+                                  "max_grad_norm": "max_grad_norm"}, keys.WRAPPER, kwargs)
     if picked.pop("type", WRAPPER_TYPES[0]) not in WRAPPER_TYPES:
         raise ConfigError(f"{where}: type must be one of {WRAPPER_TYPES}")
     if "scale_sense" in picked:
@@ -304,7 +313,7 @@ def _scale_sense(value, where: str) -> LossScaleConfig:
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
     fields = _pick(value, where, {k: k for k in ("type", "loss_scale_value", "scale_factor", "scale_window")},
-                   frozenset())
+                   {}, {})
     kind = fields.pop("type", "DynamicLossScaleUpdateCell")
     if kind not in ("DynamicLossScaleUpdateCell", "FixedLossScaleUpdateCell"):
         raise ConfigError(f"{where}: type must be DynamicLossScaleUpdateCell or FixedLossScaleUpdateCell, got {kind!r}")
@@ -330,29 +339,77 @@ def _lr_schedule(value, kwargs, where):
 
 
 def _dataset(value, kwargs, where):
-    picked = _pick(value, where, {"data_loader": "data_loader"}, DATASET_IGNORED)
-    loader = picked.get("data_loader", {})
+    names = {"data_loader": "data_loader", "input_columns": "input_columns",
+             "num_parallel_workers": "num_parallel_workers", "prefetch_size": "prefetch_size"}
+    picked = _pick(value, where, names, keys.DATASET, kwargs)
+    _check_columns(picked.pop("input_columns", None), f"{where}.input_columns")
+    loader = picked.pop("data_loader", {})
+    kwargs.update(picked)
     loader_type = _mapping(loader, f"{where}.data_loader").get("type", "MindDataset")
     if loader_type != "MindDataset":
         raise ConfigError(f"{where}.data_loader: type must be MindDataset (write it with `telechat-ms preprocess`), "
                           f"got {loader_type!r}")
+    loader = {k: v for k, v in loader.items() if k != "type"}
     kwargs.update(_pick(loader, f"{where}.data_loader", {"dataset_dir": "dataset_dir", "shuffle": "shuffle"},
-                        LOADER_IGNORED))
+                        keys.LOADER, kwargs))
+
+
+def _check_columns(columns, where: str) -> None:
+    """Both engines feed every column preprocess writes: MindFormers passes exactly input_columns to the model, so a
+    list without position_ids / document_ids would let packed samples attend to each other."""
+    if columns is None:
+        return
+    if not isinstance(columns, (list, tuple)) or not all(isinstance(c, str) for c in columns):
+        raise ConfigError(f"{where}: expected a list of column names, got {columns!r}")
+    unknown = [c for c in columns if c not in DATASET_COLUMNS]
+    missing = [c for c in DATASET_COLUMNS if c not in columns]
+    if unknown or missing or len(set(columns)) != len(columns):
+        raise ConfigError(f"{where}: must name the columns `telechat-ms preprocess` writes, {list(DATASET_COLUMNS)} "
+                          f"(got {list(columns)}; missing {missing}, unknown {unknown}); without position_ids and "
+                          "document_ids packed samples would attend to each other")
+
+
+def _task(value, kwargs, where):
+    kind = _mapping(value, where).get("type", DATASET_TASKS[0])
+    if kind not in DATASET_TASKS:
+        raise ConfigError(f"{where}: type must be {DATASET_TASKS[0]} (the MindRecord rows of `telechat-ms "
+                          f"preprocess`), got {kind!r}")
+    for key in value:
+        if key not in ("type", "dataset_config"):
+            raise ConfigError(f"{where}: unknown key '{key}' (accepted: type, dataset_config = train_dataset)")
+
+
+def _tensorboard(value, kwargs, where):
+    if value is not None:
+        kwargs.update(_pick(value, where, {"tensorboard_dir": "tensorboard_dir"}, keys.TENSORBOARD, kwargs))
+
+
+def _parallel(value, kwargs, where):
+    kwargs["parallel_settings"] = keys.check_parallel_section(_mapping(value, where), where)
 
 
 def _callbacks(value, kwargs, where):
     if not isinstance(value, list):
         raise ConfigError(f"{where}: expected a list of {{type: ...}} callbacks")
+    found = kwargs.setdefault("mindformers_only", {})
     for i, item in enumerate(value):
         kind = _mapping(item, f"{where}[{i}]").get("type")
         if kind == "CheckpointMonitor":
-            kwargs["checkpoint"] = _section(CheckpointConfig, item, f"{where}[{i}]", CHECKPOINT_IGNORED)
-        elif kind == "MFLossMonitor" and "per_print_times" in item:
-            kwargs["log_interval"] = item["per_print_times"]
-        elif kind not in CALLBACKS_IGNORED:
-            raise ConfigError(f"{where}[{i}]: unknown callback type {kind!r} "
-                              f"(accepted: CheckpointMonitor, {', '.join(sorted(CALLBACKS_IGNORED))})")
+            checkpoint = keys.check_section(keys.CHECKPOINT, item, f"{where}[{i}]", "CheckpointMonitor", found)
+            kwargs["checkpoint"] = _section(CheckpointConfig, checkpoint, f"{where}[{i}]")
+        elif kind == "MFLossMonitor":
+            for key in item:
+                if key not in ("type", "per_print_times"):
+                    raise ConfigError(f"{where}[{i}]: MFLossMonitor: unknown key '{key}' (accepted: per_print_times)")
+            if "per_print_times" in item:
+                kwargs["log_interval"] = item["per_print_times"]
+        elif kind in keys.CALLBACKS_MF_ONLY:
+            found[f"callbacks.{kind}"] = keys.CALLBACKS_MF_ONLY[kind]
+        else:
+            raise ConfigError(f"{where}[{i}]: unknown callback type {kind!r} (accepted: CheckpointMonitor, "
+                              f"MFLossMonitor, {', '.join(sorted(keys.CALLBACKS_MF_ONLY))})")
 
 
 _SECTIONS = {"context": _context, "runner_config": _runner, "runner_wrapper": _wrapper, "optimizer": _optimizer,
-             "lr_schedule": _lr_schedule, "train_dataset": _dataset, "callbacks": _callbacks}
+             "lr_schedule": _lr_schedule, "train_dataset": _dataset, "callbacks": _callbacks,
+             "train_dataset_task": _task, "parallel": _parallel, "tensorboard": _tensorboard}

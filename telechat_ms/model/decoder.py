@@ -44,6 +44,13 @@ class DecoderLayer(nn.Cell):
         self.attn_collective = nn.Identity()
         self.mlp_collective = nn.Identity()
 
+    # MindSpore Cell.recompute flags (recompute_slice_activation, parallel_optimizer_comm_recompute) that the
+    # parallel setup gives every fully recomputed layer; recompute() is called by parallel/pipeline.py
+    recompute_flags = None
+
+    def recompute(self, **kwargs):
+        return super().recompute(**{**(self.recompute_flags or {}), **kwargs})
+
     def construct(self, x, rope, mask, placement=None):
         """x (B, S, H) -> (y (B, S, H), aux_loss scalar fp32); rope/mask/placement as in Attention."""
         normed = self.attention_norm(x)

@@ -54,6 +54,27 @@ class BatchSchedule:
         return rows.reshape(self.accumulation, self.data_parallel, self.micro_batch)[:, self.rank]
 
 
+def check_columns(files: list[str], columns=COLUMNS) -> None:
+    """Every file holds every column the run feeds the model (train_dataset.input_columns): one error naming the
+    file and the missing columns, before MindSpore's reader fails deep inside."""
+    from mindspore.mindrecord import FileReader   # pylint: disable=import-outside-toplevel
+    for file in files:
+        try:
+            reader = FileReader(file)
+        except Exception as exc:   # pylint: disable=broad-except  (MindSpore raises RuntimeError / MRMOpenError)
+            first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise ConfigError(f"{file}: not a MindRecord written by `telechat-ms preprocess` ({first.strip()})") from None
+        try:
+            have = reader.schema()
+        finally:
+            reader.close()
+        missing = [c for c in columns if c not in have]
+        if missing:
+            raise ConfigError(f"{file}: no column {', '.join(missing)} (train_dataset.input_columns names "
+                              f"{', '.join(columns)}; this file has {', '.join(sorted(have))}): write the dataset "
+                              "with `telechat-ms preprocess`")
+
+
 def iterate_batches(files: list[str], schedule: BatchSchedule, start_step: int, end_step: int,
                     num_parallel_workers: int = 1):
     """Yields (step, [(input_ids, labels, position_ids, document_ids)] * accumulation), numpy int32

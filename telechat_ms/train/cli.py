@@ -68,8 +68,8 @@ def train_main(argv: list[str] | None = None) -> int:
     overrides = {k: getattr(args, k) for k in _OVERRIDES if getattr(args, k) is not None}
     try:
         if args.engine == "mindformers":
-            from ..integrations.mindformers import run_yaml   # pylint: disable=import-outside-toplevel
-            run_yaml(args.config, overrides)
+            from ..integrations.mf_engine import run_yaml   # pylint: disable=import-outside-toplevel
+            run_yaml(args.config, overrides, printer=lambda line: print(line, flush=True))
             return 0
         return _train_native(args.config, overrides)
     except (ConfigError, ConvertError, TrainingError) as exc:

@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 
 from ..config.base import ConfigError
 from ..config.model import TelechatConfig
+from ..config.train_keys import check_moe_config
 from ..io.checkpoint import MODEL_CONFIG
 from . import checkpoint as ckpt
 from .amp import LossScaler, apply_amp, model_config_for_amp, resolve_amp_level
-from .batches import BatchSchedule, iterate_batches
+from .batches import BatchSchedule, check_columns, iterate_batches
+from .layout import apply_layout
 from .logs import StepLogger, flops_per_token, peak_tflops
 from .optim import AdamW, learning_rate, warmup_steps
 from .step import build_steps
@@ -31,23 +33,77 @@ from .step import build_steps
 _NOT_ARCHITECTURE = frozenset({"arch", "auto_register", "amp_level"})
 
 
-def load_run(yaml_path: str):
-    """(TrainConfig, model overrides, parallel_config dict) of a run yaml, read once (bases resolved).
+def load_run(yaml_path: str, with_run: bool = False):
+    """(TrainConfig, model overrides, parallel_config dict) of a run yaml, read once (bases resolved); with
+    `with_run` also the resolved yaml mapping.
 
-    Model overrides = the keys of `model.model_config` without registry/run-only keys: the architecture for
-    run_mode train, overrides of the loaded model directory's config for finetune and resume."""
+    Model overrides = the keys of `model.model_config` without MindFormers run keys (each checked:
+    config/train_keys.py MODEL_RUN): the architecture for run_mode train, overrides of the loaded model
+    directory's config for finetune and resume. The layout sections are checked by ParallelConfig (refused
+    fields fail here, for both engines)."""
+    from ..config.parallel import ParallelConfig   # pylint: disable=import-outside-toplevel
     from ..config.train import TrainConfig   # pylint: disable=import-outside-toplevel
-    from ..parallel.run_yaml import MODEL_CONFIG_RUN_KEYS, load_run_yaml   # pylint: disable=import-outside-toplevel
+    from ..config.train_keys import MODEL_RUN, check_model_run_keys   # pylint: disable=import-outside-toplevel
+    from ..parallel.run_yaml import load_run_yaml   # pylint: disable=import-outside-toplevel
     run = load_run_yaml(yaml_path)
     model = run.get("model")
     section = model.get("model_config") if isinstance(model, dict) else None
     if section is not None and not isinstance(section, dict):
         raise ConfigError(f"{yaml_path}: model.model_config must be a mapping")
-    # LoRA: pet_config is read by TrainConfig (config.lora, telechat_ms/lora/config.py), not an architecture key
-    dropped = MODEL_CONFIG_RUN_KEYS | _NOT_ARCHITECTURE | {"pet_config"}
-    overrides = {k: v for k, v in (section or {}).items() if k not in dropped}
+    _check_model_section(model, yaml_path)
+    config = TrainConfig.from_dict(run, source=yaml_path)
+    # LoRA: pet_config is read by TrainConfig (config.lora, telechat_ms/lora/config.py), not refused here
+    run_keys = {k: v for k, v in (section or {}).items() if k in MODEL_RUN and k != "pet_config"}
+    check_model_run_keys(run_keys, f"{yaml_path}: model.model_config", config.device_target)
+    ParallelConfig.from_run_config(run, yaml_path)
+    overrides = {k: v for k, v in (section or {}).items() if k not in MODEL_RUN and k not in _NOT_ARCHITECTURE}
     parallel = run.get("parallel_config")
-    return TrainConfig.from_dict(run, source=yaml_path), overrides, dict(parallel) if isinstance(parallel, dict) else {}
+    parallel = dict(parallel) if isinstance(parallel, dict) else {}
+    return (config, overrides, parallel, run) if with_run else (config, overrides, parallel)
+
+
+def _check_model_section(model, source: str) -> None:
+    """model: {model_config, arch: {type: TelechatForCausalLM}} (MindFormers builds arch.type)."""
+    if model is None:
+        return
+    if not isinstance(model, dict):
+        raise ConfigError(f"{source}: model must be a mapping")
+    for key in model:
+        if key not in ("model_config", "arch"):
+            raise ConfigError(f"{source}: model: unknown key '{key}' (accepted: model_config, arch)")
+    arch = model.get("arch") or {}
+    kind = arch.get("type", "TelechatForCausalLM") if isinstance(arch, dict) else arch
+    if kind != "TelechatForCausalLM" or set(arch) - {"type", "auto_register"}:
+        raise ConfigError(f"{source}: model.arch must be {{type: TelechatForCausalLM}} (+ auto_register), got {arch!r}")
+
+
+def resolve_model_config(config, model_overrides: dict, row_length: int, base_dir: str | None = None):
+    """(TelechatConfig, model directory or None): the architecture of `base_dir` (resume) or load_checkpoint's
+    model_config.yaml with the yaml's model_config keys on top, else the yaml's alone; seq_length follows the
+    dataset rows (row length - 1) unless the yaml sets it, and then the rows must match."""
+    base_dir = base_dir or config.load_checkpoint or None
+    model_dir = None
+    if base_dir and os.path.isfile(os.path.join(base_dir, MODEL_CONFIG)):
+        base = TelechatConfig.from_yaml(os.path.join(base_dir, MODEL_CONFIG)).to_dict()
+        source = f"{base_dir}/{MODEL_CONFIG} + {config.source}: model.model_config"
+        model, model_dir = TelechatConfig.from_dict({**base, **model_overrides}, source), base_dir
+    elif config.run_mode == "finetune" and not config.load_checkpoint:
+        raise ConfigError(f"{config.source}: run_mode finetune needs load_checkpoint (a directory written "
+                          "by convert/hf2ms.py or a training checkpoint); use run_mode train for random weights")
+    elif base_dir and os.path.isdir(base_dir):      # neither a model nor a step directory: never ignore it
+        raise ConfigError(f"load_checkpoint: {base_dir}: no {MODEL_CONFIG} in this directory (expected a "
+                          "converted model directory or a step_* training checkpoint)")
+    elif not model_overrides:
+        raise ConfigError(f"{config.source}: no model.model_config and no model directory in load_checkpoint")
+    else:
+        model = TelechatConfig.from_dict(model_overrides, f"{config.source}: model.model_config")
+    if "seq_length" not in model_overrides:      # the rows decide the training length
+        model = dataclasses.replace(model, seq_length=row_length - 1)
+    if row_length != model.seq_length + 1:
+        raise ConfigError(f"{config.dataset_dir}: rows hold {row_length} tokens = seq_length "
+                          f"{row_length - 1} + 1, but the model's seq_length is {model.seq_length}; set "
+                          f"model.model_config.seq_length: {row_length - 1} or re-run preprocess")
+    return model, model_dir
 
 
 def load_weights_file(network, path: str) -> None:
@@ -87,6 +143,7 @@ class Trainer:
         self.printer = printer
         self.model_overrides = dict(model_overrides or {})
         self._check_parallel(parallel or {})
+        self._check_engine_only()
         self._check_paths()
         self.rank, self.data_parallel = self._init_context()
         self.files, rows, row_length = self._dataset()
@@ -156,9 +213,30 @@ class Trainer:
             raise ConfigError(f"{self.config.source}: the native loop trains data parallel only, but parallel_config "
                               f"sets {sharded}; run it through MindFormers (--engine mindformers) on Ascend")
 
+    def _check_engine_only(self) -> None:
+        """Settings only MindFormers' Trainer implements: refused in one line naming each (config/train_keys.py)."""
+        self.config.check_layout_enabled()
+        found = dict(self.config.mindformers_only)
+        if self.config.use_parallel:
+            found.update(self.config.parallel_settings)
+        if found:
+            listed = "; ".join(f"{key}: {why}" for key, why in found.items())
+            raise ConfigError(f"{self.config.source}: honoured only by --engine mindformers, not by the native loop: "
+                              f"{listed}")
+
+    def _apply_context(self, ms) -> None:
+        """The yaml's context keys, as MindFormers' build_context applies them (Ascend-only ones not on CPU)."""
+        from ..config.train_keys import CONTEXT_NOT_ON_CPU   # pylint: disable=import-outside-toplevel
+        for key, value in self.config.context.items():
+            if key in CONTEXT_NOT_ON_CPU and self.config.device_target == "CPU":
+                self.printer(f"context.{key}: not applied on CPU (an Ascend setting)")
+            elif not (key == "device_id" and self.config.use_parallel):   # msrun gives each rank its device
+                ms.set_context(**{key: value})
+
     def _init_context(self) -> tuple[int, int]:
         import mindspore as ms   # pylint: disable=import-outside-toplevel
         ms.set_context(mode=ms.GRAPH_MODE if self.config.mode == 0 else ms.PYNATIVE_MODE)
+        self._apply_context(ms)
         if ms.get_context("device_target") != self.config.device_target:
             ms.set_device(self.config.device_target)
         rank, size = 0, 1
@@ -192,6 +270,9 @@ class Trainer:
             if not os.path.isfile(file + ".db"):
                 raise ConfigError(f"{file}: not a MindRecord file (no {os.path.basename(file)}.db index beside it); "
                                   "write the dataset with `telechat-ms preprocess`")
+        check_columns(files)
+        if self.config.prefetch_size is not None:
+            ds.config.set_prefetch_size(self.config.prefetch_size)
         try:
             length = row_length(path)
             rows = ds.MindDataset(files, columns_list=["input_ids"], shuffle=False).get_dataset_size()
@@ -200,32 +281,10 @@ class Trainer:
                               f"({_first_line(exc)})") from None
         return files, rows, length
 
-    def _model_config(self) -> tuple[TelechatConfig, str | None]:
-        """Architecture from the checkpoint directory (resume / finetune) with the yaml's keys on top."""
-        base_dir = self.resume_from or self.config.load_checkpoint or None
-        if base_dir and os.path.isfile(os.path.join(base_dir, MODEL_CONFIG)):
-            base = TelechatConfig.from_yaml(os.path.join(base_dir, MODEL_CONFIG)).to_dict()
-            source = f"{base_dir}/{MODEL_CONFIG} + {self.config.source}: model.model_config"
-            return TelechatConfig.from_dict({**base, **self.model_overrides}, source), base_dir
-        if self.config.run_mode == "finetune" and not self.config.load_checkpoint:
-            raise ConfigError(f"{self.config.source}: run_mode finetune needs load_checkpoint (a directory written "
-                              "by convert/hf2ms.py or a training checkpoint); use run_mode train for random weights")
-        if base_dir and os.path.isdir(base_dir):      # neither a model nor a step directory: never ignore it
-            raise ConfigError(f"load_checkpoint: {base_dir}: no {MODEL_CONFIG} in this directory (expected a "
-                              "converted model directory or a step_* training checkpoint)")
-        if not self.model_overrides:
-            raise ConfigError(f"{self.config.source}: no model.model_config and no model directory in load_checkpoint")
-        return TelechatConfig.from_dict(self.model_overrides, f"{self.config.source}: model.model_config"), None
-
     def _build_network(self, row_length: int):
         from ..model import Kernels, TelechatForCausalLM   # pylint: disable=import-outside-toplevel
-        config, model_dir = self._model_config()
-        if "seq_length" not in self.model_overrides:      # the rows decide the training length
-            config = dataclasses.replace(config, seq_length=row_length - 1)
-        if row_length != config.seq_length + 1:
-            raise ConfigError(f"{self.config.dataset_dir}: rows hold {row_length} tokens = seq_length "
-                              f"{row_length - 1} + 1, but the model's seq_length is {config.seq_length}; set "
-                              f"model.model_config.seq_length: {row_length - 1} or re-run preprocess")
+        config, model_dir = resolve_model_config(self.config, self.model_overrides, row_length, self.resume_from)
+        check_moe_config(self.config.moe_config, config, f"{self.config.source}: moe_config")
         amp_level = resolve_amp_level(self.config.amp_level, config)
         # checkpoints keep the compute dtype the user's config had: inference picks its own precision
         self.export_config = dataclasses.replace(config, param_dtype="float32")
@@ -242,6 +301,8 @@ class Trainer:
             weights = self.config.load_checkpoint
             if weights and os.path.isfile(weights) and not self.resume_from:
                 load_weights_file(network, weights)
+        if self.config.parallel is not None:     # recompute (memory) and all-reduce fusion groups (speed)
+            apply_layout(network, self.config.parallel, sharded=False, fused=self.data_parallel > 1)
         return config, apply_amp(network, amp_level, self.config.device_target), amp_level
 
     def _restore(self) -> int:
@@ -287,7 +348,8 @@ class Trainer:
         self.printer(self.describe())
         self.logger.start()
         skipped = 0
-        for step, batches in iterate_batches(self.files, self.schedule, self.start_step, end):
+        for step, batches in iterate_batches(self.files, self.schedule, self.start_step, end,
+                                             self.config.num_parallel_workers):
             lr = learning_rate(self.config.lr_schedule, step, self.total_steps)
             scale = self.scaler.value
             loss, finite, norm = self.run_step([tuple(Tensor(c) for c in batch) for batch in batches], scale, lr)
