@@ -107,6 +107,19 @@ def test_lora_resume_reproduces_the_uninterrupted_run(setup, full_run, tmp_path)
     assert max(float(np.abs(a[k] - b[k]).max()) for k in a) <= 1e-5
 
 
+def test_finetune_from_a_lora_step_starts_from_its_adapter(setup, full_run, tmp_path):
+    """--run_mode finetune --load_checkpoint <LoRA step>: the base comes from the adapter's
+    base_model_name_or_path, the adapters from the step; the optimizer starts fresh."""
+    from telechat_ms.lora import adapter_arrays
+    from telechat_ms.lora.peft_format import adapters_for_model
+    _, _, full, _ = full_run
+    trainer = make_trainer((full.checkpoint, setup[1]), tmp_path / "next")
+    saved, _ = adapters_for_model(full.checkpoint, trainer.network.config)
+    mine = adapter_arrays(trainer.network)
+    assert set(mine) == set(saved) and all(np.array_equal(mine[m].b, saved[m].b) for m in mine)
+    assert int(trainer.optimizer.step.asnumpy()) == 0 and trainer.start_step == 0
+
+
 def test_pet_config_trains_like_the_lora_section(setup, tmp_path):
     path = tmp_path / "pet.yaml"
     path.write_text(f"base_config: {os.path.join(REPO, 'yaml_configs', 'tiny', 'finetune_tiny.yaml')}\n"
