@@ -149,3 +149,28 @@ def test_eval_cli_runs_tasks(runs, tmp_path, capsys):
     assert f"tiny_mc: acc,none {results['acc,none']:.4f}" in capsys.readouterr().out
     assert main(["eval", "--model", pair.ms_dir, "--tasks", "no_such_task", "--include-path", tasks_dir]) == 2
     assert "no_such_task" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("runs", ["telechat2"], indirect=True)
+def test_lm_eval_command_line_with_the_model_registered(runs, tmp_path):
+    """`python -m telechat_ms.eval.harness` is lm_eval's own CLI with `--model telechat_ms` available."""
+    import subprocess
+    import sys
+    pair, _, (res_ours, _), _, tasks_dir = runs
+    env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
+    out = subprocess.run([sys.executable, "-m", "telechat_ms.eval.harness", "--model", "telechat_ms", "--model_args",
+                          f"pretrained={pair.ms_dir},max_length=24", "--batch_size", "2", "--device", "cpu",
+                          "--tasks", "tiny_mc", "--include_path", tasks_dir, "--output_path", str(tmp_path / "r")],
+                         capture_output=True, text=True, timeout=600, cwd=str(tmp_path), env=env, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    row = next(line for line in out.stdout.splitlines() if line.startswith("|tiny_mc"))
+    assert f"|acc     |↑  |{res_ours['tiny_mc']['acc,none']:5.1f}|" in row                # the same accuracy
+
+
+def test_devices():
+    from telechat_ms.config.base import ConfigError
+    from telechat_ms.eval.harness import resolve_device
+    assert resolve_device(None) == resolve_device("cuda:0") == resolve_device("cpu") == "CPU"
+    assert resolve_device("npu:3") == "Ascend" and resolve_device("cuda", "Ascend") == "Ascend"
+    with pytest.raises(ConfigError, match="not a MindSpore device"):
+        resolve_device("mps")

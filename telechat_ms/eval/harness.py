@@ -1,8 +1,8 @@
 """lm-evaluation-harness model `telechat_ms`: our MindSpore model and KV-cache engine behind lm_eval's LM API.
 
     pip install -e .[eval]
-    python -m telechat_ms.eval.harness --model telechat_ms --model_args pretrained=DIR,batch_size=8 \
-        --tasks ceval-valid,cmmlu,mmlu,gsm8k          # lm_eval's own CLI, with this model registered
+    python -m telechat_ms.eval.harness --model telechat_ms --model_args pretrained=DIR --batch_size 8 \
+        --device npu --tasks ceval-valid,cmmlu,mmlu,gsm8k    # lm_eval's own CLI, with this model registered
     telechat-ms eval --model DIR --tasks ceval-valid,cmmlu --batch-size 8 --output results.json
     # Python: import telechat_ms.eval.harness; lm_eval.simple_evaluate(model="telechat_ms", model_args=...)
 
@@ -50,25 +50,40 @@ def _bool(value: Any) -> bool | None:
     return str(value).lower() in ("1", "true", "yes")
 
 
-_DEVICES = {"cpu": "CPU", "npu": "Ascend", "ascend": "Ascend", "gpu": "GPU", "cuda": "GPU"}
+_DEVICES = {"cpu": "CPU", "npu": "Ascend", "ascend": "Ascend", "gpu": "GPU"}
 
 
-@register_model("telechat_ms")
+def resolve_device(device, explicit=None) -> str:
+    """MindSpore device target from lm_eval's --device (cpu / npu / ascend / gpu; lm_eval's own default
+    `cuda:0` means "not given": CPU) or the explicit model_arg device_target."""
+    if explicit:
+        if explicit not in ("CPU", "Ascend", "GPU"):
+            raise ConfigError(f"telechat_ms model_args: device_target must be CPU, Ascend or GPU, got {explicit!r}")
+        return explicit
+    name = str(device or "cpu").split(":")[0].lower()
+    if name == "cuda":
+        return "CPU"
+    if name not in _DEVICES:
+        raise ConfigError(f"telechat_ms: --device {device!r} is not a MindSpore device (cpu, npu, gpu)")
+    return _DEVICES[name]
+
+
 class TelechatLM(TemplateLM):
     """model_args: pretrained (converted directory, or a loaded TelechatForCausalLM with `tokenizer` given as an
-    object), tokenizer, batch_size, max_length (default: the model's seq_length), max_gen_toks (256),
-    add_bos_token, prefix_token_id, pad_multiple (64), device (cpu / npu / Ascend), mode (graph / pynative)."""
+    object), tokenizer, max_length (default: the model's seq_length), max_gen_toks (256), add_bos_token,
+    prefix_token_id, pad_multiple (64), device_target (CPU / Ascend / GPU), mode (graph / pynative); lm_eval's
+    --batch_size and --device (cpu / npu) arrive as batch_size and device."""
 
     def __init__(self, pretrained, tokenizer=None, batch_size=1, max_length=None, max_gen_toks=256,
                  add_bos_token=None, prefix_token_id=None, pad_multiple=64, device=None, mode="graph",
-                 max_batch_size=None, **unused):   # pylint: disable=unused-argument
+                 device_target=None, max_batch_size=None, **unused):   # pylint: disable=unused-argument
         super().__init__()
         self.batch_size_per_device = _int("batch_size", batch_size)        # checked before loading anything
         self._max_gen_toks = _int("max_gen_toks", max_gen_toks)
         pad_multiple = _int("pad_multiple", pad_multiple)
         if isinstance(pretrained, str):
             from .cli import load_for_eval   # pylint: disable=import-outside-toplevel
-            target = _DEVICES.get(str(device or "cpu").split(":")[0].lower(), str(device))
+            target = resolve_device(device, device_target)
             self.model, self.tokenizer = load_for_eval(pretrained, target, mode, tokenizer)
             self.name = pretrained
         else:
@@ -162,6 +177,12 @@ class TelechatLM(TemplateLM):
         return generate_batches(self, [req.args for req in requests], disable_tqdm or self.rank != 0)
 
 
+# registered under the package's module name only: `python -m telechat_ms.eval.harness` runs this file as
+# __main__ and imports it again below, which registers it then
+if __name__ != "__main__":
+    register_model("telechat_ms")(TelechatLM)
+
+
 def run_tasks(model_dir: str, tasks: list[str], batch_size: int = 1, max_length: int | None = None,
               num_fewshot: int | None = None, limit: float | None = None, include_path: str | None = None,
               device_target: str = "CPU", mode: str = "graph", tokenizer: str | None = None,
@@ -171,7 +192,7 @@ def run_tasks(model_dir: str, tasks: list[str], batch_size: int = 1, max_length:
     import lm_eval   # pylint: disable=import-outside-toplevel
     from lm_eval.tasks import TaskManager   # pylint: disable=import-outside-toplevel
     lm = TelechatLM(model_dir, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length,
-                    max_gen_toks=max_gen_toks, pad_multiple=pad_multiple, device=device_target, mode=mode)
+                    max_gen_toks=max_gen_toks, pad_multiple=pad_multiple, device_target=device_target, mode=mode)
     manager = TaskManager(include_path=include_path) if include_path else None
     try:
         out = lm_eval.simple_evaluate(model=lm, tasks=tasks, num_fewshot=num_fewshot, limit=limit,
@@ -191,4 +212,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from telechat_ms.eval.harness import main as _main   # pylint: disable=import-self
+    _main()
