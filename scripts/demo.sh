@@ -33,4 +33,4 @@ echo "== 7. perplexity of the finetuned model on the same answers (exp of the SF
     --batch-size 4 --output ppl_after.json --no-progress
 echo "== 8. chat with the finetuned model (greedy), asking a question from the sample"
 "$REPO/.venv/bin/telechat-ms" chat --model "$FINETUNED" --prompt "生抽与老抽的区别？" --max-new-tokens 48
-echo "== done: outputs in runs/demo (hf_tiny, ms_tiny, sft.mindrecord, finetune/, loss.png, ppl_before.json, ppl_after.json)"
+echo "== done: outputs in runs/demo (hf_tiny, ms_tiny, sft.mindrecord, finetune/, loss.png, ppl_*.json)"

@@ -1,7 +1,8 @@
 """Per-step training log: a text line on stdout, a JSON record in <output_dir>/train_log.jsonl and, when the yaml
 sets `tensorboard: {tensorboard_dir: DIR}`, TensorBoard scalars in DIR/rank_0 (rank 0 only, as MindFormers).
 
-    step 12/300 | loss 4.812345 | lr 9.98e-04 | scale 65536 | grad_norm 1.234 | tokens/s/device 8123 | mfu 0.41% | 16.1 ms | eta 0:04:38
+    step 12/300 | loss 4.812345 | lr 9.98e-04 | scale 65536 | grad_norm 1.234 | tokens/s/device 8123 | mfu 0.41% |
+        16.1 ms | eta 0:04:38                                                              (one line)
 
 MFU = tokens/s/device x training FLOPs per token / peak FLOP/s of one device. FLOPs per token follow the usual
 dense estimate 6 N + 12 L S H (N = active matmul parameters, i.e. without the embedding table, L layers,
