@@ -58,9 +58,12 @@ def dataset(tmp_path_factory):
 
 def test_native_loop_writes_tensorboard(dataset, tmp_path):
     lines = []
-    config, model_overrides, parallel = load_run(TINY_YAML)
+    yaml = tmp_path / "run.yaml"                          # the tiny yaml + MindFormers' tensorboard section
+    yaml.write_text(open(TINY_YAML, encoding="utf-8").read() + f"\ntensorboard:\n  tensorboard_dir: {tmp_path / 'tb'}\n"
+                    "  tensorboard_queue_size: 10\n", encoding="utf-8")
+    config, model_overrides, parallel = load_run(str(yaml))
+    assert config.tensorboard_dir == str(tmp_path / "tb")
     config = config.replace(dataset_dir=dataset, output_dir=str(tmp_path / "run"), log_interval=4)
-    config.tensorboard_dir = str(tmp_path / "tb")         # the yaml's tensorboard.tensorboard_dir (TrainConfig field)
     Trainer(config, model_overrides, parallel, printer=lines.append).train()
     records = [json.loads(line) for line in open(tmp_path / "run" / "train_log.jsonl", encoding="utf-8")]
     scalars = read_scalars(str(tmp_path / "tb"))

@@ -172,7 +172,7 @@ class Trainer:
                                  flops_per_token(self.model_config, row_length - 1),
                                  peak_tflops(config.device_target, config.device_peak_tflops), printer,
                                  append=self.resume_from is not None,
-                                 tensorboard_dir=getattr(config, "tensorboard_dir", None) if self.rank == 0 else None)
+                                 tensorboard_dir=config.tensorboard_dir if self.rank == 0 else None)
 
     # ----- setup -----
     def _checkpoint_root(self) -> str:
