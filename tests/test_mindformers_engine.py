@@ -138,9 +138,11 @@ def mf_run(work, eq_yaml, converted, packed):
 
 @pytest.fixture(scope="module")
 def native_run(work, eq_yaml, converted, packed):
+    from telechat_ms.train.trainer import Trainer, load_run
+    config, model_overrides, parallel = load_run(eq_yaml)
     out = work / "native"
-    train(["--config", eq_yaml, "--load_checkpoint", converted, "--train_dataset", packed, "--output_dir", str(out)],
-          cwd=work, engine="native")
+    config = config.replace(load_checkpoint=converted, dataset_dir=packed, output_dir=str(out))
+    Trainer(config, model_overrides, parallel, printer=lambda line: None).train()
     return str(out)
 
 
@@ -227,18 +229,28 @@ def test_resume_reproduces_the_uninterrupted_run(work, converted, packed):
         assert [r[key] for r in cut] == [r[key] for r in full], key
 
 
-def test_resume_from_an_earlier_checkpoint_by_name(work, mf_run, eq_yaml, packed):
-    """--resume_training <file name> (MindFormers style) continues the fp32 run from its step-20 checkpoint
-    (epoch 4, step 2) with the uninterrupted losses of steps 21-24."""
-    out = work / "from20"
-    shutil.copytree(mf_run[0], out)
-    name = [f for f in os.listdir(out / "checkpoint" / "rank_0") if f.endswith("-4_2.ckpt")][0]
-    (out / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log_of(out)[:20]), encoding="utf-8")
-    train(["--config", eq_yaml, "--train_dataset", packed, "--output_dir", str(out), "--resume_training", name],
-          cwd=work)
-    again, full = log_of(out), log_of(mf_run[0])
-    assert [r["step"] for r in again] == list(range(1, 25))
-    assert [r["loss"] for r in again] == [r["loss"] for r in full]
+def test_resume_point_resolution(tmp_path):
+    """--resume_training true takes the file rank_0/meta.json names (MindFormers' choice), a file name picks
+    that file; the global step is read from the checkpoint (file names carry epoch and step in the epoch)."""
+    import mindspore as ms
+    from telechat_ms.config.base import ConfigError
+    from telechat_ms.config.train import TrainConfig
+    from telechat_ms.integrations.mf_checkpoints import resolve_resume
+    rank0 = tmp_path / "out" / "checkpoint" / "rank_0"
+    rank0.mkdir(parents=True)
+    for name, step in (("t_rank_0-2_3.ckpt", 9), ("t_rank_0-4_2.ckpt", 20), ("t_rank_0-4_6.ckpt", 24)):
+        ms.save_checkpoint([{"name": "step_num", "data": ms.Tensor(step, ms.int64)}], str(rank0 / name))
+    (rank0 / "meta.json").write_text(json.dumps({"last_ckpt_file": "t_rank_0-4_2.ckpt"}), encoding="utf-8")
+    (tmp_path / "out" / "model_config.yaml").write_text("vocab_size: 512\n", encoding="utf-8")
+    config = TrainConfig(output_dir=str(tmp_path / "out"), resume_training=True)
+    point = resolve_resume(config)
+    assert point.file.endswith("t_rank_0-4_2.ckpt") and point.step == 20 and point.model_dir == str(tmp_path / "out")
+    point = resolve_resume(config.replace(resume_training="t_rank_0-2_3.ckpt"))
+    assert point.file.endswith("t_rank_0-2_3.ckpt") and point.step == 9 and "at step 9" in point.announcement()
+    with pytest.raises(ConfigError, match="t_rank_0-9_9.ckpt is not in"):
+        resolve_resume(config.replace(resume_training="t_rank_0-9_9.ckpt"))
+    with pytest.raises(ConfigError, match="no MindFormers checkpoint"):
+        resolve_resume(config.replace(output_dir=str(tmp_path / "empty")))
 
 
 # ----- MindFormers checkpoints to HF -----

@@ -1,4 +1,5 @@
 """Native training loop on CPU (tiny model, synthetic MindRecord): AMP levels, loss scaling, resume, checkpoints."""
+import dataclasses
 import json
 import os
 
@@ -257,3 +258,18 @@ def test_recompute_is_applied_and_changes_no_loss(dataset, tmp_path):
         assert layer.recompute_flags == {"recompute_slice_activation": True} and layer._has_config_recompute
     assert not plain.network.model.layers[0]._has_config_recompute
     np.testing.assert_allclose(again.train().losses, plain.train().losses, rtol=0, atol=1e-6)
+
+
+def test_docs_list_every_yaml_key():
+    """docs/training.md's key table names every key config/train_keys.py and config/parallel.py classify."""
+    from telechat_ms.config import parallel, train_keys
+    docs = open(os.path.join(REPO, "docs", "training.md"), encoding="utf-8").read()
+    tables = (train_keys.TOP, train_keys.CONTEXT, train_keys.RUNNER, train_keys.WRAPPER, train_keys.DATASET,
+              train_keys.LOADER, train_keys.CHECKPOINT, train_keys.TENSORBOARD, train_keys.MODEL_RUN,
+              train_keys.CALLBACKS_MF_ONLY)
+    names = {key for table in tables for key in table} | set(train_keys.CONTEXT_APPLIED)
+    names |= set(train_keys.PARALLEL_SEMI_AUTO) | set(parallel.NEUTRAL_ONLY_KEYS)
+    names |= parallel.IGNORED_PARALLEL_KEYS | parallel.IGNORED_RECOMPUTE_KEYS | set(train_keys.MOE_FIELDS)
+    names |= {f.name for f in dataclasses.fields(parallel.ParallelConfig) if f.name != "extra"}
+    missing = sorted(n for n in names if f"`{n}`" not in docs and f".{n}`" not in docs)
+    assert not missing, missing

@@ -238,13 +238,16 @@ MODEL_RUN = {
 }
 
 
-def check_model_run_keys(section: Mapping, where: str, device_target: str) -> None:
-    """The MindFormers run keys of a model_config (both engines): refused ones raise; unknown keys raise."""
+def check_model_run_keys(section: Mapping, where: str, device_target: str, training: bool = True) -> None:
+    """The MindFormers run keys of a model_config (both engines): refused ones raise; unknown keys raise.
+    `training` False (a config MindFormers builds for any task) leaves use_past to MindFormers' own check."""
     for key, value in section.items():
         rule = MODEL_RUN.get(key)
         if rule is None:
             raise ConfigError(f"{where}: unknown key '{key}' (not a TelechatConfig field nor a MindFormers run key "
                               "telechat_ms knows; see docs/training.md)")
+        if key == "use_past" and not training:
+            continue
         if rule.kind == REFUSED and not rule.neutral(value):
             raise ConfigError(f"{where}.{key}: {value!r} is not supported ({rule.why})")
     if device_target == "Ascend" and section.get("use_flash_attention") is False:

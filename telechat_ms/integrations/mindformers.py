@@ -58,11 +58,13 @@ class MFTelechatConfig(PretrainedConfig):
     def __init__(self, amp_level: str | None = None, **kwargs):
         ours = {k: kwargs.pop(k) for k in list(kwargs) if k in _FIELDS}
         run = {k: kwargs.pop(k) for k in list(kwargs) if k not in _PRETRAINED_KEYS}
-        check_model_run_keys(run, "model.model_config", ms.get_context("device_target"))
+        # training refuses use_past in MindFormers itself (_check_training_network_no_use_past reads it here)
+        check_model_run_keys(run, "model.model_config", ms.get_context("device_target"), training=False)
         self.telechat = TelechatConfig.from_dict(ours, source="model.model_config")
         self.amp_level = resolve_amp_level(amp_level, self.telechat)
         self.offset = run.get("offset", 0)
         self.pp_interleave_num = run.get("pp_interleave_num", 1)
+        self.use_past = bool(run.get("use_past", False))
         super().__init__(**kwargs)
         for key, value in self.telechat.to_dict().items():   # MindFormers reads e.g. seq_length, hidden_size
             setattr(self, key, value)
