@@ -39,7 +39,8 @@ def packed_row(docs: list[np.ndarray], trained: list[np.ndarray], length: int = 
     """One row of the preprocess contract: documents back to back, then padding (pad id 3, label -100,
     document 0, positions counting on); `trained[d]` marks document d's labelled tokens (its first never is)."""
     ids = np.full(length, 3, np.int32)
-    labels, positions, documents = np.full(length, -100, np.int32), np.zeros(length, np.int32), np.zeros(length, np.int32)
+    labels = np.full(length, -100, np.int32)
+    positions, documents = np.zeros(length, np.int32), np.zeros(length, np.int32)
     start = 0
     for d, (doc, mask) in enumerate(zip(docs, trained)):
         end = start + len(doc)
@@ -215,7 +216,8 @@ def test_resume_reproduces_the_uninterrupted_run(work, converted, packed):
     MindFormers saves that counter but does not restore it; the engine does (ScaleCounter)."""
     config = write_yaml(work / "fp16.yaml", FINETUNE_YAML, amp_level="O2", runner_config__epochs=4,
                         runner_config__batch_size=2, runner_config__gradient_accumulation_steps=2,
-                        runner_wrapper__scale_sense__loss_scale_value=2 ** 18, runner_wrapper__scale_sense__scale_window=3,
+                        runner_wrapper__scale_sense__loss_scale_value=2 ** 18,
+                        runner_wrapper__scale_sense__scale_window=3,
                         lr_schedule__total_steps=-1)
     common = ["--config", config, "--train_dataset", packed]
     train(common + ["--load_checkpoint", converted, "--output_dir", str(work / "full")], cwd=work)
@@ -375,7 +377,8 @@ def test_dataset_missing_a_named_column_is_one_error(work, capsys):
 
 def test_checkpoint_not_matching_the_model_is_one_error(work, converted, synthetic, capsys):
     """MindFormers would log the mismatch and train the missing tensors from random values."""
-    data = _merge(yaml.safe_load(open(FINETUNE_YAML, encoding="utf-8")), {"model": {"model_config": {"ffn_hidden_size": 96}}})
+    data = _merge(yaml.safe_load(open(FINETUNE_YAML, encoding="utf-8")),
+                  {"model": {"model_config": {"ffn_hidden_size": 96}}})
     path = work / "wrong_shape.yaml"
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     err = _one_error(capsys, ["--config", str(path), "--load_checkpoint", converted, "--train_dataset", synthetic,

@@ -85,7 +85,8 @@ TOP = {
     "micro_batch_interleave_num": mf_only("MindFormers' MicroBatchInterleaved (two copies of the step overlap "
                                           "communication)", _one),
     "auto_tune": mf_only("dataset pipeline autotuning"),
-    "filepath_prefix": inert(_ONLY_WITH.format("auto_tune")), "autotune_per_step": inert(_ONLY_WITH.format("auto_tune")),
+    "filepath_prefix": inert(_ONLY_WITH.format("auto_tune")),
+    "autotune_per_step": inert(_ONLY_WITH.format("auto_tune")),
     "load_ckpt_format": inert("MindFormers' reader of load_checkpoint (ckpt / safetensors; --engine mindformers sets "
                               "it from the files and refuses a value that contradicts them); the native loop reads "
                               "the format from the file name"),
@@ -135,7 +136,8 @@ DATASET = {
     "batch_size": inert("MindFormers overwrites it from runner_config"),
     "repeat": mf_only("repeat the dataset inside one epoch", _one),
     "numa_enable": mf_only("NUMA binding of the data workers"),
-    "seed": mf_only("MindFormers' dataset seed; the native row order comes from the top-level seed", lambda v: v in (None, 0)),
+    "seed": mf_only("MindFormers' dataset seed; the native row order comes from the top-level seed",
+                    lambda v: v in (None, 0)),
     "output_columns": refused("MindFormers projects the batch onto these columns; the model takes input_columns"),
     "construct_args_key": refused("the model's arguments are the input_columns names"),
     "eod_reset": refused("rebuilding positions and masks from eod tokens; the MindRecord carries position_ids and "

@@ -86,7 +86,8 @@ class RunGuard(_Steps):
         self.skipped = self.skipped + 1 if overflow else 0
         if self.skipped >= self.max_skips:
             raise TrainingError(f"step {step}: {self.skipped} consecutive steps skipped for non-finite gradients "
-                                f"(loss {loss}, loss scale {scale:g}); stopped at max_consecutive_skips {self.max_skips}")
+                                f"(loss {loss}, loss scale {scale:g}); stopped at max_consecutive_skips "
+                                f"{self.max_skips}")
 
 
 class ScaleCounter(Callback):

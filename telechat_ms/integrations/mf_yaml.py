@@ -18,7 +18,8 @@ def check_yaml(path: str) -> dict:
     from mindformers.core.lr import build_lr   # pylint: disable=import-outside-toplevel
     from mindformers.core.parallel_config import build_parallel_config   # pylint: disable=import-outside-toplevel
     from mindformers.tools import check_rules   # pylint: disable=import-outside-toplevel
-    from mindformers.tools.register import MindFormerModuleType, MindFormerRegister   # pylint: disable=import-outside-toplevel
+    from mindformers.tools.register import (   # pylint: disable=import-outside-toplevel
+        MindFormerModuleType, MindFormerRegister)
     from ..config.train_keys import check_moe_config   # pylint: disable=import-outside-toplevel
     from ..train.trainer import load_run   # pylint: disable=import-outside-toplevel
     from . import mindformers as _registered   # noqa: F401  pylint: disable=import-outside-toplevel,unused-import

@@ -63,7 +63,8 @@ def check_columns(files: list[str], columns=COLUMNS) -> None:
             reader = FileReader(file)
         except Exception as exc:   # pylint: disable=broad-except  (MindSpore raises RuntimeError / MRMOpenError)
             first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-            raise ConfigError(f"{file}: not a MindRecord written by `telechat-ms preprocess` ({first.strip()})") from None
+            raise ConfigError(f"{file}: not a MindRecord written by `telechat-ms preprocess` "
+                              f"({first.strip()})") from None
         try:
             have = reader.schema()
         finally:
