@@ -386,6 +386,30 @@ def test_checkpoint_not_matching_the_model_is_one_error(work, converted, synthet
     assert "tensor(s) of another shape" in err and "feed_forward" in err, err
 
 
+def test_fresh_run_into_used_output_dir_is_refused(tmp_path, synthetic, capsys):
+    """As in the native loop: MindFormers' checkpoint rotation would mix two runs."""
+    rank0 = tmp_path / "out" / "checkpoint" / "rank_0"
+    rank0.mkdir(parents=True)
+    (rank0 / "telechat_tiny_rank_0-1_4.ckpt").write_bytes(b"x")
+    err = _one_error(capsys, ["--config", TRAIN_YAML, "--train_dataset", synthetic, "--output_dir",
+                              str(tmp_path / "out")], "mindformers")
+    assert "already holds checkpoints of an earlier run" in err and "--overwrite_output_dir" in err
+    assert "mindformers" not in sys.modules
+
+
+def test_consecutive_skipped_steps_stop_the_run(work, synthetic):
+    """max_consecutive_skips (MindFormers has no such stop): fp16 from a loss scale of 2^40 overflows at every
+    step; after 3 in a row the run stops with one error line and exit 2."""
+    config = write_yaml(work / "skips.yaml", TRAIN_YAML, amp_level="O2", max_consecutive_skips=3,
+                        runner_wrapper__scale_sense__loss_scale_value=2 ** 40)
+    proc = train(["--config", config, "--train_dataset", synthetic, "--output_dir", str(work / "skips")], cwd=work,
+                 ok=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: step 3: 3 consecutive steps skipped"), \
+        proc.stderr[-2000:]
+    assert [r["overflow"] for r in log_of(work / "skips")] == [True] * 3
+
+
 def test_every_training_yaml_passes_mindformers_config_machinery_and_ours():
     """Each finetune/pretrain yaml (sizes and families) through MindFormerConfig, build_parallel_config, its rule
     checks, the registered TelechatConfig and the layout handed to the model; and our strict reader."""

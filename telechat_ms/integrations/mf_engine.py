@@ -64,6 +64,7 @@ def plan_run(path: str, overrides: dict | None = None) -> tuple[EnginePlan, obje
     config, model_overrides, _parallel = load_run(path)
     config = config.replace(**overrides)
     config.check_layout_enabled()
+    _check_output(config)
     notes = []
     if getattr(config, "lora", None) is not None:
         raise ConfigError(f"{config.source}: LoRA (lora / model_config.pet_config) is trained by the native loop only "
@@ -148,17 +149,25 @@ def _accumulation(mf, config) -> list[str]:
             "TelechatTrainOneStepCell (MindFormers 1.9 accumulates only under semi-auto parallel)"]
 
 
-def _prepare_output(plan: EnginePlan) -> None:
-    """A fresh run never mixes its checkpoints with an earlier run's; the model config (+ tokenizer files) goes
-    beside them for resume and convert/ms2hf.py."""
-    config = plan.config
+def _check_output(config) -> list[str]:
+    """A fresh run never mixes its checkpoints with an earlier run's (MindFormers' rotation would): the earlier
+    run's checkpoint files, which overwrite_output_dir deletes."""
     root = os.path.join(os.path.abspath(config.output_dir), "checkpoint")
     found = mfc.rank_checkpoints(root)
-    if found and not config.resume_training:
-        if not config.overwrite_output_dir:
-            raise ConfigError(f"{root} already holds checkpoints of an earlier run ({len(found)} files, e.g. "
-                              f"{found[-1]}); pass --resume_training to continue it, another --output_dir for a new "
-                              "run, or --overwrite_output_dir to delete them and start over")
+    if found and not config.resume_training and not config.overwrite_output_dir:
+        raise ConfigError(f"{root} already holds checkpoints of an earlier run ({len(found)} files, e.g. "
+                          f"{found[-1]}); pass --resume_training to continue it, another --output_dir for a new "
+                          "run, or --overwrite_output_dir to delete them and start over")
+    return [] if config.resume_training else found
+
+
+def _prepare_output(plan: EnginePlan) -> None:
+    """Delete an earlier run's checkpoints (overwrite_output_dir); the model config (+ tokenizer files) goes
+    beside the new ones for resume and convert/ms2hf.py."""
+    config = plan.config
+    root = os.path.join(os.path.abspath(config.output_dir), "checkpoint")
+    found = _check_output(config)
+    if found:
         shutil.rmtree(root)
         plan.notes.append(f"overwrite_output_dir: deleted {len(found)} checkpoint files of an earlier run in {root}")
     os.makedirs(config.output_dir, exist_ok=True)
@@ -174,13 +183,13 @@ def run_yaml(path: str, overrides: dict | None = None, printer=print):
     """Train with MindFormers' Trainer; returns the Trainer. Every check of plan_run comes first (a refused
     setting fails before MindFormers is imported)."""
     plan, mf_config = plan_run(path, overrides)
+    _prepare_output(plan)
     from mindformers import Trainer   # pylint: disable=import-outside-toplevel
     from mindformers.core.context import build_context   # pylint: disable=import-outside-toplevel
     from mindformers.utils import set_output_path   # pylint: disable=import-outside-toplevel
     import mindspore as ms   # pylint: disable=import-outside-toplevel
     from . import mindformers as _registered   # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
     from .mf_callbacks import callbacks_for   # pylint: disable=import-outside-toplevel
-    _prepare_output(plan)
     for line in plan.notes:
         printer(line)
     set_output_path(mf_config.output_dir)
