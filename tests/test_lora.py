@@ -438,9 +438,11 @@ def test_chat_with_adapter_equals_chat_with_the_merged_model(families, adapters,
     assert chat_main(["--model", ms_dir, "--adapter", adapter, *flags]) == 0
     with_adapter = capsys.readouterr().out
     assert chat_main(["--model", str(tmp_path / "merged"), *flags]) == 0
-    assert capsys.readouterr().out == with_adapter
+    merged = capsys.readouterr()
+    assert merged.out == with_adapter, (merged, with_adapter)
     assert chat_main(["--model", ms_dir, *flags]) == 0
-    assert capsys.readouterr().out != with_adapter                              # the adapter changed the answer
+    base = capsys.readouterr()
+    assert base.out != with_adapter, (base, with_adapter)                       # the adapter changed the answer
     assert chat_main(["--model", ms_dir, "--adapter", str(tmp_path), *flags]) == 2
     assert "no adapter_config.json" in capsys.readouterr().err
 
