@@ -333,6 +333,8 @@ REFUSALS = [   # (yaml patch, engines that refuse it, what the one error line sa
     ({"parallel_config": {"model_parallel": 2}}, BOTH, "use_parallel is false"),                      # dropped layout
     ({"moe_config": {"expert_num": 8}}, BOTH, "moe_config.expert_num: 8 disagrees with model_config.num_experts"),
     ({"train_dataset": {"input_columns": ["input_ids", "labels"]}}, BOTH, "missing ['position_ids', 'document_ids']"),
+    ({"use_parallel": True, "resume_training": True}, ("mindformers",), "with use_parallel on CPU MindFormers cannot "
+                                                                      "load a checkpoint"),   # engine limit on CPU
 ]
 
 
@@ -384,6 +386,12 @@ def test_checkpoint_not_matching_the_model_is_one_error(work, converted, synthet
     err = _one_error(capsys, ["--config", str(path), "--load_checkpoint", converted, "--train_dataset", synthetic,
                               "--output_dir", str(work / "wrong")], "mindformers")
     assert "tensor(s) of another shape" in err and "feed_forward" in err, err
+    # MindFormers' rule for a whole checkpoint under use_parallel (checked on the Ascend path, before it starts)
+    err = _one_error(capsys, ["--config", FINETUNE_YAML, "--load_checkpoint", converted, "--train_dataset", synthetic,
+                              "--output_dir", str(work / "wrong"), "--use_parallel", "true", "--device_target",
+                              "Ascend"], "mindformers")
+    assert "set auto_trans_ckpt: True" in err, err
+    assert "mindformers" not in sys.modules
 
 
 def test_fresh_run_into_used_output_dir_is_refused(tmp_path, synthetic, capsys):

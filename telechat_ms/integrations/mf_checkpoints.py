@@ -85,6 +85,19 @@ def check_weights(path: str, model) -> tuple[str, str]:
     return path, fmt
 
 
+def check_parallel_load(config, path: str, run: dict) -> None:
+    """MindFormers' own rules for loading a whole checkpoint with use_parallel, as one line before it starts:
+    a directory (not a single file) and auto_trans_ckpt (it slices the checkpoint onto the layout)."""
+    if not config.use_parallel:
+        return
+    if os.path.isfile(path):
+        raise ConfigError(f"load_checkpoint: {path}: with use_parallel MindFormers loads a directory, not a single "
+                          "file: pass the directory holding it (e.g. a convert/hf2ms.py output)")
+    if not run.get("auto_trans_ckpt"):
+        raise ConfigError(f"load_checkpoint: {path} is a whole checkpoint and use_parallel is true: set "
+                          "auto_trans_ckpt: True (MindFormers slices it onto the layout; docs/training.md)")
+
+
 @dataclasses.dataclass
 class ResumePoint:
     root: str            # MindFormers checkpoint root (rank_*/ inside)

@@ -61,7 +61,7 @@ def plan_run(path: str, overrides: dict | None = None) -> tuple[EnginePlan, obje
     unknown = sorted(set(overrides) - set(_OVERRIDE_PATHS) - {"overwrite_output_dir"})
     if unknown:
         raise ConfigError(f"--{unknown[0]} is not supported with --engine mindformers")
-    config, model_overrides, _parallel = load_run(path)
+    config, model_overrides, _parallel, run = load_run(path, with_run=True)
     config = config.replace(**overrides)
     config.check_layout_enabled()
     _check_output(config)
@@ -70,13 +70,19 @@ def plan_run(path: str, overrides: dict | None = None) -> tuple[EnginePlan, obje
         raise ConfigError(f"{config.source}: LoRA (lora / model_config.pet_config) is trained by the native loop only "
                           "(MindFormers' pet does not know TelechatForCausalLM); drop --engine mindformers")
     _files, row_length = _dataset(config)
+    if config.device_target == "CPU" and config.use_parallel and (config.load_checkpoint or config.resume_training):
+        raise ConfigError(f"{config.source}: with use_parallel on CPU MindFormers cannot load a checkpoint (its "
+                          "loaders synchronise the workers with a barrier, which has no CPU kernel): train data "
+                          "parallel on CPU from random weights, or finetune / resume with the native loop")
     resume = mfc.resolve_resume(config) if config.resume_training else None
-    base_dir = resume.model_dir if resume else None
-    model, model_dir = resolve_model_config(config, model_overrides, row_length, base_dir)
+    # resume: the architecture the run wrote into output_dir (else the yaml's), not load_checkpoint's
+    arch_from = config.replace(load_checkpoint=resume.model_dir or "", run_mode="train") if resume else config
+    model, model_dir = resolve_model_config(arch_from, model_overrides, row_length)
     check_moe_config(config.moe_config, model, f"{config.source}: moe_config")
     weights = None
     if config.load_checkpoint and not resume:
         weights = mfc.check_weights(config.load_checkpoint, model)
+        mfc.check_parallel_load(config, weights[0], run)
     mf_config = _mindformers_config(path, config, overrides, model, notes)
     if resume:
         mfc.apply_resume(mf_config, resume)
