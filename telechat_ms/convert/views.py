@@ -96,7 +96,7 @@ _STATE_PREFIXES = ("adam_m.", "adam_v.", "moment1.", "moment2.", "moments.", "ex
                    "accu_grads.", "accumulate_grads.", "grad_accum.", "lamb_m.", "lamb_v.", "max_exp_avg_sq.")
 _STATE_NAMES = re.compile(r"(^|\.)(global_step|learning_rate|lr|epoch_num|step_num|loss_scale|scale_sense|"
                           r"current_iterator_step|last_overflow_iterator_step|beta1_power|beta2_power|"
-                          r"total_step|consumed_samples)$")
+                          r"total_step|consumed_samples|global_batch_size)$")
 _WRAPPER_PREFIXES = ("network.", "_backbone.", "backbone.")
 
 
