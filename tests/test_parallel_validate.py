@@ -171,7 +171,7 @@ def test_report_lists_every_sharded_op_with_stage():
                          use_seq_parallel=True, vocab_emb_dp=False)
     report = run_validate("tiny", par, batch=4)
     paths = {op.path for op in report.ops}
-    assert "model.layers.0.attention.wo.matmul" in paths and "loss.gather_d" in paths
+    assert "model.layers.0.attention.wo.matmul" in paths and "loss.one_hot" in paths and "loss.gather_d" not in paths
     stages = {op.path: op.stage for op in report.ops}
     assert stages["model.tok_embeddings.gather"] == 0 and stages["model.layers.1.add_mlp"] == 1
     assert stages["lm_head.matmul"] == 1

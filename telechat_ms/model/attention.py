@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 
 import mindspore as ms
-from mindspore import nn, ops
+from mindspore import Tensor, nn, ops
 from mindspore.ops.operations.nn_ops import FlashAttentionScore
 
 from .dtypes import to_ms_dtype
@@ -18,7 +18,9 @@ class CoreAttention(nn.Cell):
     """softmax(Q K^T / sqrt(d), masked) V on (B, N, S, D) tensors; mask (B, 1, S_q, S_k) bool, True = masked.
 
     Plain path: scores scaled in fp32 and rounded back to the compute dtype (HF multiplies the fp16 einsum
-    result by a Python float), softmax in fp32, probabilities cast back. Ascend: FlashAttentionScore.
+    result by a Python float; in fp32 these casts are no-ops that MindSpore removes), masked positions filled
+    with the fp32 minimum (MaskedFill on the mask tiled over the heads: same shape as the scores, no fill
+    tensor), softmax in fp32, probabilities cast back. Ascend: FlashAttentionScore.
     """
 
     def __init__(self, num_heads: int, head_dim: int, attention_dropout: float, kernels: Kernels):
@@ -29,7 +31,9 @@ class CoreAttention(nn.Cell):
         self.qk = ops.BatchMatMul(transpose_b=True)
         self.pv = ops.BatchMatMul()
         self.mul_scale = ops.Mul()
-        self.select = ops.Select()
+        self.tile_mask = ops.Tile()
+        self.fill = ops.MaskedFill()
+        self.fill_value = Tensor(-3.4028234663852886e38, ms.float32)
         self.softmax = ops.Softmax(axis=-1)
         self.dropout = nn.Dropout(p=attention_dropout) if attention_dropout > 0 else nn.Identity()
         if self.flash:
@@ -44,8 +48,8 @@ class CoreAttention(nn.Cell):
             return self.flash_attention(q, k, v, None, None, None, self.cast(mask, ms.uint8))[3]
         scores = self.cast(self.qk(q, k), ms.float32)                                # (B, N, Sq, Sk)
         scores = self.cast(self.cast(self.mul_scale(scores, self.scale), dtype), ms.float32)
-        mask = ops.broadcast_to(mask, scores.shape)
-        scores = self.select(mask, ops.full_like(scores, -3.4028234663852886e38), scores)
+        mask = self.tile_mask(mask, (1, scores.shape[1], 1, 1))                      # (B, N, Sq, Sk)
+        scores = self.fill(scores, mask, self.fill_value)
         probs = self.dropout(self.cast(self.softmax(scores), dtype))
         return self.pv(probs, v)                                                     # (B, N, Sq, D)
 
@@ -73,6 +77,8 @@ class Attention(nn.Cell):
         self.reshape = ops.Reshape()
         self.transpose = ops.Transpose()
         self.transpose_back = ops.Transpose()      # context (B, N, S, D) -> (B, S, N, D), sharded by heads
+        self.split_kv = ops.Split(axis=-1, output_num=2)   # per-head [K_h | V_h] -> K, V
+        self.tile_kv = ops.Tile()                  # GQA: each kv head repeated for its n_rep query heads
         self.kv_cache = None                       # set by enable_kv_cache() for incremental decoding
         self.cache_shape = (config.num_kv_heads, config.head_dim, compute)
 
@@ -94,8 +100,9 @@ class Attention(nn.Cell):
         q = self.reshape(self.wq(x), (bsz, seq, self.num_heads, self.head_dim))
         q = self.transpose(q, (0, 2, 1, 3))                                          # (B, N, S, D)
         kv = self.reshape(self.wk_v(x), (bsz, seq, self.num_kv_heads, 2 * self.head_dim))  # per-head [K_h|V_h]
-        k = self.transpose(kv[..., :self.head_dim], (0, 2, 1, 3))                    # (B, Nkv, S, D)
-        v = self.transpose(kv[..., self.head_dim:], (0, 2, 1, 3))                    # (B, Nkv, S, D)
+        k, v = self.split_kv(kv)                                                     # (B, S, Nkv, D) each
+        k = self.transpose(k, (0, 2, 1, 3))                                          # (B, Nkv, S, D)
+        v = self.transpose(v, (0, 2, 1, 3))                                          # (B, Nkv, S, D)
         q = self.rotary(q, cos_q, sin_q)
         if placement is not None:
             # incremental decoding: every cache slot (still before rotary), rotated below with the tables
@@ -104,11 +111,16 @@ class Attention(nn.Cell):
         k = self.rotary(k, cos_k, sin_k)
         if self.n_rep > 1:
             # query head h reads kv head h // n_rep (HF repeat_kv grouping)
-            k = ops.repeat_interleave(k, self.n_rep, 1)                               # (B, N, S, D)
-            v = ops.repeat_interleave(v, self.n_rep, 1)
+            k, v = self._repeat_kv(k), self._repeat_kv(v)                             # (B, N, S_k, D)
         context = self.transpose_back(self.core(q, k, v, mask), (0, 2, 1, 3))       # (B, S, N, D)
         context = self.reshape(context, (bsz, seq, self.num_heads * self.head_dim))  # (B, S, H)
         return self.wo(context)
+
+    def _repeat_kv(self, x):
+        """(B, Nkv, S, D) -> (B, N, S, D), kv head j copied to query heads j*n_rep .. j*n_rep + n_rep - 1."""
+        bsz, heads, seq, dim = x.shape
+        x = self.tile_kv(self.reshape(x, (bsz, heads, 1, seq, dim)), (1, 1, self.n_rep, 1, 1))  # (B, Nkv, r, S, D)
+        return self.reshape(x, (bsz, heads * self.n_rep, seq, dim))
 
     def shard(self, parallel) -> None:
         """query / key_value column-parallel over whole heads (the per-head interleaved key_value rows split

@@ -41,9 +41,14 @@ class TelechatForCausalLM(nn.Cell):
             # composition (attention / MLP code unchanged); telechat_ms/quant/cells.py
             from ..quant.cells import quantize_linears   # pylint: disable=import-outside-toplevel
             quantize_linears(self, config.quantization, kernels)
-        self.loss = CausalLMLoss()
+        self.loss = CausalLMLoss(kernels)
         self.cast = ops.Cast()
         self.reshape = ops.Reshape()
+        # the shift: logits of positions 0..S-2 against labels (and loss_mask) of positions 1..S-1
+        self.slice_logits = ops.StridedSlice()
+        self.slice_labels = ops.StridedSlice()
+        self.slice_mask = ops.StridedSlice()
+        self.add_aux = ops.Add()
 
     def construct(self, input_ids, labels=None, attention_mask=None, loss_mask=None, position_ids=None,
                   document_ids=None):
@@ -55,11 +60,14 @@ class TelechatForCausalLM(nn.Cell):
         logits = self.head(hidden)                                                     # (B, S, V) fp32
         if labels is None:
             return logits
-        vocab = logits.shape[-1]
-        shift_logits = self.reshape(logits[:, :-1, :], (-1, vocab))                    # (B*(S-1), V)
-        shift_labels = self.reshape(labels[:, 1:], (-1,))                              # (B*(S-1),)
-        shift_mask = None if loss_mask is None else self.reshape(loss_mask[:, 1:], (-1,))
-        return self.loss(shift_logits, shift_labels, shift_mask) + aux
+        bsz, seq, vocab = logits.shape
+        tokens = bsz * (seq - 1)
+        shift_logits = self.reshape(self.slice_logits(logits, (0, 0, 0), (bsz, seq - 1, vocab), (1, 1, 1)),
+                                    (tokens, vocab))                                   # (B*(S-1), V)
+        shift_labels = self.reshape(self.slice_labels(labels, (0, 1), (bsz, seq), (1, 1)), (tokens,))
+        shift_mask = None if loss_mask is None else \
+            self.reshape(self.slice_mask(loss_mask, (0, 1), (bsz, seq), (1, 1)), (tokens,))
+        return self.add_aux(self.loss(shift_logits, shift_labels, shift_mask), aux)
 
     def head(self, hidden):
         """hidden (..., H) -> fp32 logits (..., V), times the logit multiplier (1.0 adds no op)."""

@@ -1,7 +1,6 @@
 """The one TeleChat2 decoder layer (pre-norm; dense or MoE by swapping the MLP module) and the layer stack."""
 from __future__ import annotations
 
-import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, initializer
@@ -11,7 +10,7 @@ from .dtypes import to_ms_dtype
 from .kernels import Kernels
 from .mlp import MLP
 from .norm import RMSNorm
-from .rotary import RotaryEmbedding
+from .inputs import AttentionMask, RopeTables
 
 
 def build_mlp(config, kernels: Kernels) -> nn.Cell:
@@ -89,10 +88,10 @@ class TelechatModel(nn.Cell):
             self.tok_embeddings_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, param, kernels)
         self.layers = nn.CellList([DecoderLayer(config, kernels) for _ in range(config.num_layers)])
         self.norm_out = RMSNorm(config.hidden_size, config.rms_norm_eps, param, kernels)
-        self.rotary = RotaryEmbedding.from_config(config, kernels)    # tables once per forward, shared
+        self.rope_tables = RopeTables(config, kernels)         # rotary tables once per forward, shared
+        self.attention_mask = AttentionMask(kernels)
         self.cast = ops.Cast()
         self.add_aux = ops.Add()
-        self.gather_rope = ops.Gather()
 
     def construct(self, input_ids, attention_mask=None, position_ids=None, document_ids=None, ntk_len=0):
         """input_ids (B, S) int -> (hidden (B, S, H), summed aux loss).
@@ -103,12 +102,9 @@ class TelechatModel(nn.Cell):
         (0 = S, the HF rule); the loss path passes S-1 (see TelechatForCausalLM).
         """
         bsz, seq = input_ids.shape
-        cos, sin = self.rotary.tables(seq, self.compute_dtype, ntk_len)                # (S, D) each
-        if position_ids is not None:
-            cos = self.gather_rope(cos, position_ids, 0).reshape(bsz, 1, seq, -1)      # (B, 1, S, D)
-            sin = self.gather_rope(sin, position_ids, 0).reshape(bsz, 1, seq, -1)
-        mask = causal_padding_mask(bsz, seq, attention_mask, document_ids)             # (B, 1, S, S)
-        return self._run(input_ids, (cos, sin, cos, sin), mask, None)
+        rope = self.rope_tables(bsz, seq, position_ids, ntk_len)                       # (cos_q, sin_q, cos_k, sin_k)
+        mask = self.attention_mask(bsz, seq, attention_mask, document_ids)             # (B, 1, S, S)
+        return self._run(input_ids, rope, mask, None)
 
     def forward_cached(self, input_ids, rope, mask, placement):
         """One incremental step with the layers' KV caches (see telechat_ms/infer/engine.py)."""
@@ -132,30 +128,18 @@ class TelechatModel(nn.Cell):
         return self.norm_out(x), aux
 
     def shard(self, parallel) -> None:
-        """Own ops (the embedding multiplier), embedding, layers and final norm; `self.rotary` only builds host
-        tables (no primitive runs)."""
+        """Own ops (the embedding multiplier, the aux-loss sum), rotary tables, mask, embedding, layers and final
+        norm."""
         from ..parallel.strategies import shard_cell   # pylint: disable=import-outside-toplevel
         shard_cell(self, parallel)
+        self.rope_tables.shard(parallel)
+        self.attention_mask.shard(parallel)
         self.tok_embeddings.shard(parallel)
         if self.embed_norm:
             self.tok_embeddings_norm.shard(parallel)
         for layer in self.layers:
             layer.shard(parallel)
         self.norm_out.shard(parallel)
-
-
-def causal_padding_mask(bsz: int, seq: int, attention_mask=None, document_ids=None):
-    """Boolean (B, 1, S, S) mask, True = masked: key after query, key is padding (HF semantics), or key and
-    query belong to different packed documents."""
-    causal = Tensor(np.triu(np.ones((seq, seq), dtype=np.bool_), k=1))             # (S, S) graph constant
-    mask = ops.broadcast_to(causal.reshape(1, 1, seq, seq), (bsz, 1, seq, seq))
-    if attention_mask is not None:
-        pad = ops.logical_not(ops.cast(attention_mask, ms.bool_)).reshape(bsz, 1, 1, seq)  # (B, 1, 1, S)
-        mask = ops.logical_or(mask, pad)
-    if document_ids is not None:
-        other = ops.not_equal(document_ids.reshape(bsz, 1, seq, 1), document_ids.reshape(bsz, 1, 1, seq))
-        mask = ops.logical_or(mask, other)                                             # (B, 1, S, S)
-    return mask
 
 
 class Embedding(nn.Cell):

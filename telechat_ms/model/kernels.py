@@ -19,6 +19,13 @@ class Kernels:
     # weight-only-quantized linears (telechat_ms/quant/cells.py): WeightQuantBatchMatmul instead of
     # dequantize-then-MatMul
     weight_quant_matmul: bool = False
+    # Elementwise ops broadcast their small operand themselves (Ascend). Off (CPU): the small operand is
+    # expanded with Tile first, so the op runs on equal shapes -- MindSpore's CPU binary kernels keep index
+    # tables of 16-24 bytes per output element for the lifetime of a broadcasting op (docs/performance.md).
+    native_broadcast: bool = False
+    # Decoder-layer cell reuse (mindspore.lazy_inline): graph mode compiles one layer and reuses it for every
+    # layer. MindSpore 2.9's CPU backend rejects it ("Input[0] must be a Primitive ValueNode"), so Ascend only.
+    cell_reuse: bool = False
 
     @classmethod
     def plain(cls) -> "Kernels":
@@ -31,5 +38,5 @@ class Kernels:
             raise ValueError(f"device_target must be Ascend, CPU or GPU, got {device_target!r}")
         if device_target == "Ascend":
             return cls(flash_attention=True, fused_rms_norm=True, fused_rope=True, grouped_matmul=True,
-                       weight_quant_matmul=True)
+                       weight_quant_matmul=True, native_broadcast=True, cell_reuse=True)
         return cls()

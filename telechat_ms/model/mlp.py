@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import mindspore as ms
 from mindspore import Tensor, nn, ops
+from mindspore.ops.auto_generate import SiLU
 
 from .dtypes import to_ms_dtype
 from .linear import Linear
@@ -19,7 +20,7 @@ class MLP(nn.Cell):
         self.w1 = Linear(hidden, ffn, False, compute, param, std)
         self.w3 = Linear(hidden, ffn, False, compute, param, std)
         self.w2 = Linear(ffn, hidden, config.mlp_out_bias, compute, param, std)
-        self.silu = nn.SiLU()
+        self.silu = SiLU()        # the primitive nn.SiLU runs, held here so that it can carry a strategy
         self.mul = ops.Mul()
         self.zero = Tensor(0.0, ms.float32)
 

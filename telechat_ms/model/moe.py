@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.ops import auto_generate as gen
+from mindspore.ops.auto_generate import SiLU
 from mindspore.common.initializer import Normal, Zero, initializer
 
 from .dtypes import to_ms_dtype
@@ -64,6 +66,7 @@ class Router(nn.Cell):
         self.softmax = ops.Softmax(axis=-1)
         self.topk = ops.TopK(sorted=True)
         self.sum_keep = ops.ReduceSum(keep_dims=True)
+        self.add_eps = ops.Add()
         self.div = ops.RealDiv()
         self.mul = ops.Mul()
 
@@ -73,7 +76,7 @@ class Router(nn.Cell):
         probs = self.softmax(logits)                                                    # (N, E)
         weights, experts = self.topk(probs, self.top_k)                                 # (N, k) each
         if self.norm_topk_prob:
-            weights = self.div(weights, self.sum_keep(weights, -1) + NORM_EPS)
+            weights = self.div(weights, self.add_eps(self.sum_keep(weights, -1), NORM_EPS))
         if self.scaling != 1.0:
             weights = self.mul(weights, self.scaling)
         return logits, probs, weights, self.cast(experts, ms.int32)
@@ -125,7 +128,7 @@ class Experts(nn.Cell):
         self.w1 = ExpertLinear(e, h, f, False, compute, param, std)     # gate_proj
         self.w3 = ExpertLinear(e, h, f, False, compute, param, std)     # up_proj
         self.w2 = ExpertLinear(e, f, h, True, compute, param, std)      # down_proj (+ bias)
-        self.silu = nn.SiLU()
+        self.silu = SiLU()
         self.mul = ops.Mul()
         if grouped_matmul:
             # rows of x grouped by expert (group_list = cumulative row counts, int64); weight (E, out, in)
@@ -185,28 +188,37 @@ class MoE(nn.Cell):
             self._init_grouped_primitives()
 
     def _init_primitives(self):
+        """One primitive per call site, so that each carries its own planned strategy (moe_layout.py)."""
         self.cast = ops.Cast()
         self.reshape = ops.Reshape()
-        self.transpose = ops.Transpose()          # (G, n_g, k) experts / weights
-        self.transpose_slots = ops.Transpose()    # (k*n_g, G) -> (G, k*n_g)
+        self.slice_x, self.slice_w, self.slice_e = ops.StridedSlice(), ops.StridedSlice(), ops.StridedSlice()
+        self.concat1 = ops.Concat(axis=1)         # chunk outputs (B, s, H)
+        self.transpose = ops.Transpose()          # (G, n_g, k) experts / weights -> (G, k, n_g)
         self.transpose_in = ops.Transpose()       # (G, E, C, H) -> (E, G, C, H): into the experts
         self.transpose_out = ops.Transpose()      # (E, G, C, H) -> (G, E, C, H): back to the token groups
         self.one_hot = ops.OneHot()
+        self.on, self.off = Tensor(1, ms.int32), Tensor(0, ms.int32)
+        # slot assignment (int32)
         self.cumsum = ops.CumSum()
-        self.scatter_nd = ops.ScatterNd()
+        self.mul_queue, self.sum_queue, self.sub_one = ops.Mul(), ops.ReduceSum(), ops.Sub()
+        self.mul_cap, self.add_pos, self.ge_cap, self.fill_trash = ops.Mul(), ops.Add(), ops.GreaterEqual(), \
+            ops.MaskedFill()
+        # dispatch
+        self.add_base = ops.Add()
+        self.scatter = ops.TensorScatterAdd()     # onto zeros: ScatterNd (duplicates sum; only the trash slot has any)
+        self.slice_filler = ops.StridedSlice()
         self.gather = ops.Gather(batch_dims=1)    # per group: (G, rows, H) at (G, m) -> (G, m, H)
         self.pad_concat = ops.Concat(axis=1)      # a zero row per group
-        self.concat1 = ops.Concat(axis=1)         # chunk outputs (B, s, H)
-        self.select = ops.Select()
-        self.mul = ops.Mul()
-        self.sum = ops.ReduceSum()
-        self.sum_keep = ops.ReduceSum(keep_dims=True)
-        self.mean = ops.ReduceMean()
-        self.max_keep = ops.ReduceMax(keep_dims=True)
-        self.exp = ops.Exp()
-        self.log = ops.Log()
-        self.on = Tensor(1, ms.int32)
-        self.off = Tensor(0, ms.int32)
+        # combine
+        self.less_slots, self.mul_keep, self.mul_weight, self.sum_choices = ops.Less(), ops.Mul(), ops.Mul(), \
+            ops.ReduceSum()
+        # aux / z loss
+        self.sum_assign, self.div_assign, self.mean = ops.ReduceSum(), ops.Div(), ops.ReduceMean()
+        self.mul_aux, self.sum_aux, self.scale_aux, self.div_groups = ops.Mul(), ops.ReduceSum(), ops.Mul(), ops.Div()
+        self.max_keep, self.sub_peak, self.exp, self.sum_keep = ops.ReduceMax(keep_dims=True), ops.Sub(), ops.Exp(), \
+            ops.ReduceSum(keep_dims=True)
+        self.log, self.add_peak, self.mul_lse, self.mean_z = ops.Log(), ops.Add(), ops.Mul(), ops.ReduceMean()
+        self.scale_z, self.add_z = ops.Mul(), ops.Add()
 
     def _init_grouped_primitives(self):
         """Ascend fused routing (no CPU kernels): permute tokens by expert, unpermute with routing weights."""
@@ -216,6 +228,8 @@ class MoE(nn.Cell):
         self.gmm_cumsum = ops.CumSum()
         self.gmm_sum = ops.ReduceSum()
         self.gmm_bias = ops.MatMul()
+        self.gmm_mul = ops.Mul()
+        self.gmm_add = ops.Add()
 
     def construct(self, x):
         bsz, seq, hidden = x.shape
@@ -245,9 +259,11 @@ class MoE(nn.Cell):
         outs = ()
         for c in range(self.chunks):
             lo, hi = c * step, (c + 1) * step
-            x_c = self.reshape(x[:, lo:hi, :], (bsz * step, hidden))                    # (n, H)
-            w_c = self.reshape(weights[:, lo:hi, :], (bsz * step, self.top_k))          # (n, k)
-            e_c = self.reshape(experts[:, lo:hi, :], (bsz * step, self.top_k))          # (n, k)
+            x_c = self.reshape(self.slice_x(x, (0, lo, 0), (bsz, hi, hidden), (1, 1, 1)), (bsz * step, hidden))
+            w_c = self.reshape(self.slice_w(weights, (0, lo, 0), (bsz, hi, self.top_k), (1, 1, 1)),
+                               (bsz * step, self.top_k))                                # (n, k)
+            e_c = self.reshape(self.slice_e(experts, (0, lo, 0), (bsz, hi, self.top_k), (1, 1, 1)),
+                               (bsz * step, self.top_k))                                # (n, k)
             out = self.dispatch_compute_combine(x_c, w_c, e_c, dropping)                # (n, H)
             outs = outs + (self.reshape(out, (bsz, step, hidden)),)                     # (B, s, H)
         return self.concat1(outs), aux                                                  # (B, S, H)
@@ -263,25 +279,25 @@ class MoE(nn.Cell):
         return self.combine(expert_out, slots, weights, x.dtype)                        # (n, H)
 
     def _rank_major(self, experts):
-        """experts (n, k) -> (k*n_g, G): per group g, assignment r*n_g + t = choice r of the group's token t."""
+        """experts (n, k) -> (G, k*n_g): per group g, assignment r*n_g + t = choice r of the group's token t."""
         n = experts.shape[0]
         per_group = n // self.groups
         grouped = self.reshape(experts, (self.groups, per_group, self.top_k))          # (G, n_g, k)
-        return self.reshape(self.transpose(grouped, (2, 1, 0)), (self.top_k * per_group, self.groups))
+        return self.reshape(self.transpose(grouped, (0, 2, 1)), (self.groups, self.top_k * per_group))
 
     def assign_slots(self, experts, capacity):
         """Queue positions in choice-rank-major priority within each group -> slot = e*C + pos, E*C if dropped.
 
         experts (n, k) -> slots (G, k*n_g) int32 in [0, E*C], rank-major within the group (index r*n_g + t).
         """
-        flat = self._rank_major(experts)                                                # (k*n_g, G)
-        hot = self.one_hot(flat, self.num_experts, self.on, self.off)                   # (k*n_g, G, E)
+        flat = self._rank_major(experts)                                                # (G, k*n_g)
+        hot = self.one_hot(flat, self.num_experts, self.on, self.off)                   # (G, k*n_g, E)
         # inclusive running count of each group's expert queue; the own entry is 1 -> position = count - 1
-        position = self.sum(self.mul(self.cumsum(hot, 0), hot), 2) - 1                  # (k*n_g, G)
-        keep = position < capacity
-        trash = self.num_experts * capacity                                             # index of a zero row
-        slots = self.select(keep, flat * capacity + position, ops.full_like(flat, trash))
-        return ops.stop_gradient(self.transpose_slots(slots, (1, 0)))                   # (G, k*n_g)
+        position = self.sub_one(self.sum_queue(self.mul_queue(self.cumsum(hot, 1), hot), 2), 1)   # (G, k*n_g)
+        trash = Tensor(self.num_experts * capacity, ms.int32)                           # index of a zero row
+        slots = self.add_pos(self.mul_cap(flat, capacity), position)
+        slots = self.fill_trash(slots, self.ge_cap(position, capacity), trash)          # dropped -> E*C
+        return ops.stop_gradient(slots)                                                 # (G, k*n_g)
 
     def dispatch(self, x, slots, capacity):
         """Gather each group's tokens into its expert slots: x (n, H) -> (E, G*C, H); empty slots read zeros."""
@@ -290,13 +306,15 @@ class MoE(nn.Cell):
         num_slots = self.num_experts * capacity
         # token id within the group (+1; 0 = empty) that fills each slot; dropped assignments all land on the
         # group's trash slot E*C, which is cut off. One flat scatter: group g's slots start at g*(E*C+1).
-        token_ids = ops.tile(ops.arange(1, per_group + 1, dtype=ms.int32), (groups * self.top_k,))   # (G*k*n_g,)
-        base = self.reshape(ops.arange(0, groups, dtype=ms.int32) * (num_slots + 1), (groups, 1))    # (G, 1)
-        index = self.reshape(slots + base, (-1, 1))                                     # (G*k*n_g, 1)
-        filler = self.scatter_nd(index, token_ids, (groups * (num_slots + 1),))         # (G*(E*C+1),)
-        filler = ops.stop_gradient(self.reshape(filler, (groups, num_slots + 1))[:, :num_slots])    # (G, E*C)
+        token_ids = Tensor(np.tile(np.arange(1, per_group + 1, dtype=np.int32), groups * self.top_k))   # (G*k*n_g,)
+        base = Tensor((np.arange(groups, dtype=np.int32) * (num_slots + 1)).reshape(groups, 1))         # (G, 1)
+        index = self.reshape(self.add_base(slots, base), (-1, 1))                       # (G*k*n_g, 1)
+        zeros = Tensor(np.zeros(groups * (num_slots + 1), np.int32))
+        filler = self.reshape(self.scatter(zeros, index, token_ids), (groups, num_slots + 1))    # (G, E*C+1)
+        filler = ops.stop_gradient(self.slice_filler(filler, (0, 0), (groups, num_slots), (1, 1)))  # (G, E*C)
         tokens = self.reshape(x, (groups, per_group, hidden))                           # (G, n_g, H)
-        padded = self.pad_concat((ops.zeros((groups, 1, hidden), x.dtype), tokens))     # (G, n_g+1, H), row 0 = 0
+        empty = Tensor(np.zeros((groups, 1, hidden), np.float32), x.dtype)
+        padded = self.pad_concat((empty, tokens))                                       # (G, n_g+1, H), row 0 = 0
         buffer = self.reshape(self.gather(padded, filler, 1),
                               (groups, self.num_experts, capacity, hidden))             # (G, E, C, H)
         # groups -> experts: with groups split by dp' and experts by ep', this layout change is the all-to-all
@@ -313,14 +331,15 @@ class MoE(nn.Cell):
         out = self.reshape(expert_out, (num_experts, groups, capacity, hidden))         # (E, G, C, H)
         out = self.transpose_out(out, (1, 0, 2, 3))                                     # (G, E, C, H): all-to-all back
         out = self.reshape(self.cast(out, ms.float32), (groups, num_experts * capacity, hidden))
-        out = self.pad_concat((out, ops.zeros((groups, 1, hidden), ms.float32)))        # (G, E*C+1, H), last = 0
+        empty = Tensor(np.zeros((groups, 1, hidden), np.float32))
+        out = self.pad_concat((out, empty))                                             # (G, E*C+1, H), last = 0
         picked = self.gather(out, slots, 1)                                             # (G, k*n_g, H)
         w = self.transpose(self.reshape(weights, (groups, per_group, self.top_k)), (0, 2, 1))   # (G, k, n_g)
-        keep = self.cast(slots < num_experts * capacity, ms.float32)                    # (G, k*n_g) dropped -> 0
-        w = self.mul(self.reshape(w, (groups, self.top_k * per_group)), keep)           # (G, k*n_g)
-        terms = self.mul(picked, self.reshape(w, (groups, self.top_k * per_group, 1)))  # (G, k*n_g, H)
+        keep = self.cast(self.less_slots(slots, num_experts * capacity), ms.float32)    # (G, k*n_g) dropped -> 0
+        w = self.mul_keep(self.reshape(w, (groups, self.top_k * per_group)), keep)      # (G, k*n_g)
+        terms = self.mul_weight(picked, self.reshape(w, (groups, self.top_k * per_group, 1)))   # (G, k*n_g, H)
         terms = self.reshape(terms, (groups, self.top_k, per_group, hidden))            # (G, k, n_g, H)
-        return self.cast(self.reshape(self.sum(terms, 1), (n, hidden)), dtype)          # (n, H)
+        return self.cast(self.reshape(self.sum_choices(terms, 1), (n, hidden)), dtype)  # (n, H)
 
     def grouped_experts(self, x, weights, experts):
         """Ascend fused dropless path (Kernels.grouped_matmul; no CPU kernels, never run by CPU tests).
@@ -336,10 +355,10 @@ class MoE(nn.Cell):
         rows = self.cast(self.ffn.grouped(permuted, group_list), ms.float32)            # (N*k, H)
         out = self.token_unpermute(rows, row_map, weights)                              # (N, H) sum_k w_k row
         # the down bias once per assignment, weighted: sum_k w_k b_e = (sum_k w_k onehot(e_k)) @ B
-        dense_w = self.gmm_sum(self.mul(self.cast(hot, ms.float32),
+        dense_w = self.gmm_sum(self.gmm_mul(self.cast(hot, ms.float32),
                                         self.reshape(weights, (num_tokens, self.top_k, 1))), 1)     # (N, E)
         bias = self.gmm_bias(dense_w, self.cast(self.ffn.w2.bias, ms.float32))          # (N, H)
-        return self.cast(out + bias, x.dtype)
+        return self.cast(self.gmm_add(out, bias), x.dtype)
 
     def aux_loss(self, logits, probs, experts):
         """alpha*E*mean_g sum_i f_gi*P_gi (+ z-loss): G contiguous groups of all N tokens (official: per dp group).
@@ -350,14 +369,16 @@ class MoE(nn.Cell):
         n = probs.shape[0]
         per_group = n // self.groups
         hot = self.cast(self.one_hot(self._rank_major(experts), self.num_experts, self.on, self.off),
-                        ms.float32)                                                     # (k*N_g, G, E)
-        fraction = ops.stop_gradient(self.sum(hot, 0) / (per_group * self.top_k))      # (G, E) rows sum to 1
+                        ms.float32)                                                     # (G, k*N_g, E)
+        count = Tensor(per_group * self.top_k, ms.float32)                              # as `tensor / int` promotes
+        fraction = ops.stop_gradient(self.div_assign(self.sum_assign(hot, 1), count))   # (G, E) rows sum to 1
         mean_prob = self.mean(self.reshape(probs, (self.groups, per_group, self.num_experts)), 1)   # (G, E)
-        aux = self.aux_coef * self.num_experts * self.sum(self.mul(fraction, mean_prob)) / self.groups
+        aux = self.scale_aux(self.sum_aux(self.mul_aux(fraction, mean_prob)), self.aux_coef * self.num_experts)
+        aux = self.div_groups(aux, Tensor(self.groups, ms.float32))
         if self.z_coef > 0:
             peak = ops.stop_gradient(self.max_keep(logits, -1))                         # (N, 1)
-            lse = self.log(self.sum_keep(self.exp(logits - peak), -1)) + peak           # (N, 1) logsumexp
-            aux = aux + self.z_coef * self.mean(self.mul(lse, lse))
+            lse = self.add_peak(self.log(self.sum_keep(self.exp(self.sub_peak(logits, peak)), -1)), peak)  # (N, 1)
+            aux = self.add_z(aux, self.scale_z(self.mean_z(self.mul_lse(lse, lse)), self.z_coef))
         return aux
 
     def shard(self, parallel) -> None:

@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 from mindspore import Tensor, nn, ops
+from mindspore.ops.auto_generate import RotaryPositionEmbedding
 
 from ..config.model import ntk_alpha, ntk_mscale
 from .kernels import Kernels
@@ -93,7 +94,12 @@ def rotary_tables(spec: RopeSpec, total_len: int, start: int, length: int) -> tu
 
 
 class RotaryEmbedding(nn.Cell):
-    """Returns cos/sin tables for a sequence and applies rotate-half RoPE over the full head_dim."""
+    """Returns cos/sin tables for a sequence and applies rotate-half RoPE over the full head_dim.
+
+    Plain path: the halves come from one Split, and tables not already of x's shape are expanded with Tile
+    (TelechatModel expands them once per forward for all layers, see `expand`), so the products run on equal
+    shapes. Ascend: RotaryPositionEmbedding (rotate-half mode) on (1, 1, S, D) tables.
+    """
 
     def __init__(self, spec: RopeSpec, kernels: Kernels = Kernels()):
         super().__init__()
@@ -106,6 +112,12 @@ class RotaryEmbedding(nn.Cell):
         self.add = ops.Add()
         self.neg = ops.Neg()
         self.concat = ops.Concat(axis=-1)
+        self.split_half = ops.Split(axis=-1, output_num=2)
+        self.tile_cos = ops.Tile()
+        self.tile_sin = ops.Tile()
+        self.reshape = ops.Reshape()
+        if self.fused:
+            self.rope = RotaryPositionEmbedding()
 
     @classmethod
     def from_config(cls, config, kernels: Kernels = Kernels()) -> "RotaryEmbedding":
@@ -121,10 +133,12 @@ class RotaryEmbedding(nn.Cell):
         """x (B, N, S, D), cos/sin (S, D) or per token (B, 1, S, D) -> x*cos + rotate_half(x)*sin."""
         if self.fused:
             if cos.ndim == 2:                                                          # (S, D) -> (1, 1, S, D)
-                cos, sin = cos.reshape(1, 1, cos.shape[0], -1), sin.reshape(1, 1, sin.shape[0], -1)
-            return ops.rotary_position_embedding(x, cos, sin, 0)
-        x1 = x[..., :self.half]                                                       # (B, N, S, D/2)
-        x2 = x[..., self.half:]
+                cos = self.reshape(cos, (1, 1) + cos.shape)
+                sin = self.reshape(sin, (1, 1) + sin.shape)
+            return self.rope(x, cos, sin, 0)
+        if cos.shape != x.shape:                       # decoding paths pass (S, D) / (B, 1, S, D) tables
+            cos, sin = expand_tables(self.tile_cos, self.tile_sin, self.reshape, cos, sin, x.shape)
+        x1, x2 = self.split_half(x)                                                   # (B, N, S, D/2) each
         rotated = self.concat((self.neg(x2), x1))                                     # (B, N, S, D)
         return self.add(self.mul_cos(x, cos), self.mul_sin(rotated, sin))
 
@@ -132,3 +146,11 @@ class RotaryEmbedding(nn.Cell):
         """(B, N, S, D) split (dp, mp) on batch and heads; the tables are replicated."""
         from ..parallel.strategies import shard_cell   # pylint: disable=import-outside-toplevel
         shard_cell(self, parallel)
+
+
+def expand_tables(tile_cos, tile_sin, reshape, cos, sin, shape):
+    """cos, sin of (S, D) or per token (B, 1, S, D) -> `shape` (B, N, S, D) with the given Tile primitives."""
+    if cos.ndim == 2:
+        cos, sin = reshape(cos, (1, 1) + cos.shape), reshape(sin, (1, 1) + sin.shape)    # (1, 1, S, D)
+    multiples = tuple(want // have for want, have in zip(shape, cos.shape))
+    return tile_cos(cos, multiples), tile_sin(sin, multiples)

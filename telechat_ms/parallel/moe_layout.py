@@ -58,30 +58,46 @@ def moe_layout(parallel, model_cfg=None) -> MoeLayout:
 def moe_strategies(parallel, model_cfg=None) -> dict[str, Plan]:
     """Named plans, keyed by the attribute path inside the MoE cell ('' = the MoE cell itself)."""
     lay = moe_layout(parallel, model_cfg)
-    tok = (lay.dp, ONE)
-    group3 = (lay.dp, ONE, ONE)                 # (G, ., .) token groups by dp'
-    assignments = (ONE, lay.dp, ONE)            # (k*n_g, G, E) one-hot / queue counts, per group
+    dp = Split(parallel.data_parallel, ("data_parallel",))
+    tok, col = (lay.dp, ONE), (lay.dp, ONE)   # (N, .) rows by dp'; (N, 1) / (G, .) the same layout
+    group3 = (lay.dp, ONE, ONE)                 # (G, ., .) token groups by dp' (OneHot: only axis 0 splits)
     expert_in = (lay.ep, lay.slot, ONE)         # (E, G*C, H)
     expert_mid = (lay.ep, lay.slot, lay.mp)     # (E, G*C, F)
+    chunk = (dp, ONE, ONE)                      # (B, S, .) sliced on the sequence, batch by dp
+    chunks = max(int(getattr(model_cfg, "chunks", getattr(model_cfg, "moe_chunks", 1)) or 1), 1)
     return {
         # the router is tiny (E x H): replicated weight, tokens split by dp'
         "router.dense": {"matmul": _op(tok, (ONE, ONE))},
-        "router": {"softmax": _op(tok), "topk": _op(tok), "sum_keep": _op(tok), "div": _op(tok, tok),
-                   "mul": _op(tok, ())},
+        "router": {"softmax": _op(tok), "topk": _op(tok), "sum_keep": _op(tok), "add_eps": _op(col, ()),
+                   "div": _op(tok, col), "mul": _op(tok, ())},
         "ffn.w1": {"bmm": _op(expert_in, (lay.ep, lay.mp, ONE))},           # column in F
         "ffn.w3": {"bmm": _op(expert_in, (lay.ep, lay.mp, ONE))},
         "ffn.w2": {"bmm": _op(expert_mid, (lay.ep, ONE, lay.mp)),            # row in F: reduce over mp'
                    "bias_add": _op(expert_in, (lay.ep, ONE, ONE)), "expand": _op((lay.ep, ONE))},
-        "ffn": {"mul": _op(expert_mid, expert_mid)},
+        "ffn": {"silu": _op(expert_mid), "mul": _op(expert_mid, expert_mid)},
         # dispatch / combine: everything before transpose_in and after transpose_out is local to a token group
-        # (G = dp' groups split by dp'); the expert queues count along the assignment axis (cumsum axis 0)
-        "": {"transpose": _op(group3), "one_hot": _op(assignments, (), ()), "cumsum": _op(assignments),
-             "transpose_slots": _op((ONE, lay.dp)), "pad_concat": _op(group3, group3),
-             "gather": _op(group3, (lay.dp, ONE)),                             # batch_dims=1: per group
+        # (G = dp' groups split by dp'); the expert queues count along the assignment axis (cumsum axis 1)
+        "": {"slice_x": _op(chunk), "slice_w": _op(chunk), "slice_e": _op(chunk), "concat1": _op(*(chunk,) * chunks),
+             "transpose": _op(group3), "one_hot": _op(group3, (), ()), "cumsum": _op(group3),
+             "mul_queue": _op(group3, group3), "sum_queue": _op(group3), "sub_one": _op(col, ()),
+             "mul_cap": _op(col, ()), "add_pos": _op(col, col), "ge_cap": _op(col, ()),
+             "fill_trash": _op(col, col, ()), "add_base": _op(col, col),
+             # the flat (G*(E*C+1),) slot table is group-major: split by dp' it is split by group; indices and
+             # token ids are read whole (MindSpore offsets the indices per rank)
+             "scatter": _op((lay.dp,), (ONE, ONE), (ONE,)), "slice_filler": _op(col),
+             "pad_concat": _op(group3, group3), "gather": _op(group3, (lay.dp, ONE)),   # batch_dims=1: per group
              # (G, E, C, H) read as groups by slot x experts by ep': from the gather's (dp', 1, 1, 1) this is the
              # dispatch all-to-all; transpose_out's output (slot, ep') -> pad_concat (dp', 1, 1) the one back
              "transpose_in": _op((lay.slot, lay.ep, ONE, ONE)),
-             "transpose_out": _op((lay.ep, lay.slot, ONE, ONE))},
+             "transpose_out": _op((lay.ep, lay.slot, ONE, ONE)),
+             "less_slots": _op(col, ()), "mul_keep": _op(col, col), "mul_weight": _op(group3, group3),
+             "sum_choices": _op((lay.dp, ONE, ONE, ONE)),
+             # aux loss over the same groups; z-loss on the router logits (N, E)
+             "sum_assign": _op(group3), "div_assign": _op(col, ()), "mean": _op(group3),
+             "mul_aux": _op(col, col), "sum_aux": _op(col), "scale_aux": _op((), ()), "div_groups": _op((), ()),
+             "max_keep": _op(tok), "sub_peak": _op(tok, col), "exp": _op(tok), "sum_keep": _op(tok),
+             "log": _op(col), "add_peak": _op(col, col), "mul_lse": _op(col, col), "mean_z": _op(col),
+             "scale_z": _op((), ()), "add_z": _op((), ())},
     }
 
 
@@ -113,11 +129,16 @@ def shard_moe(moe, parallel) -> None:
     and the capacity rounding. Both numbers change the MoE's math (per-group queues / capacity / aux loss)
     also stand-alone, as the layout would on the cluster; set them before compiling.
 
+    A sharded MoE always takes the planned capacity path (dropless at inference: C = the group's tokens): the
+    fused Ascend grouped-matmul path (MoeTokenPermute / GroupedMatmul) carries no planned strategies, so it
+    stays for stand-alone and telechat_ms.infer tensor-parallel inference only (docs/parallel.md).
+
     The sub-cells (Router, Experts, ExpertLinear, router.dense) are covered here; their own shard() stays empty.
     """
     layout = moe_layout(parallel, moe)
     moe.groups = layout.groups
     moe.capacity_multiple = layout.capacity_multiple
+    moe.use_grouped_matmul = False
     apply_plan(moe, moe_plan(moe, parallel))
 
 

@@ -3,9 +3,12 @@
 Generic (every op): one strategy entry per tensor input, () for a scalar, rank equal to the input's rank,
 every split divides its dimension, and the devices the op uses divide the stage's device count.
 Per op: matmul reduction splits equal (MatMul / BatchMatMul), broadcast dimensions consistent
-(elementwise), axes MindSpore cannot split (softmax / top-k / cumsum / concat / GatherD dim / OneHot depth),
-batch-mode Gather (batch axes split alike, gather axis unsplit), flash-attention q/k/v/mask agreement,
-RmsNorm's normalised axis.
+(elementwise), axes MindSpore cannot split (softmax / top-k / cumsum / concat / GatherD dim / Split axis /
+the axis a StridedSlice cuts), OneHot (any split of a 1-D input's output, only the first axis otherwise),
+Select (equal shapes and strategies), BiasAdd (bias split like the channel axis), Tile (splits of the
+multiplied extent: the multiple where > 1, else the input dimension), TensorScatterAdd (indices and the
+updates' index axes unsplit), batch-mode Gather (batch axes split alike, gather axis unsplit),
+flash-attention q/k/v/mask agreement, RmsNorm's normalised axis.
 """
 from __future__ import annotations
 
@@ -13,7 +16,8 @@ import math
 
 from ..config.base import ConfigError
 
-ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "RealDiv", "Div", "Select", "Maximum", "Minimum"})
+ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "RealDiv", "Div", "Select", "Maximum", "Minimum", "MaskedFill",
+                         "LogicalOr", "LogicalAnd", "NotEqual", "Equal", "Less", "GreaterEqual"})
 
 
 class StrategyError(ConfigError):
@@ -102,6 +106,8 @@ def check_batch_matmul(op, prim, strategy, stage_devices) -> int:
 
 def check_elementwise(op, strategy, shapes) -> None:
     tensors = [(st, sh) for st, sh in zip(strategy, shapes) if len(sh)]
+    if not tensors:                  # scalars only (the summed aux losses)
+        return
     rank = max(len(sh) for _, sh in tensors)
     for axis in range(1, rank + 1):
         present = [(st[-axis], sh[-axis]) for st, sh in tensors if len(sh) >= axis and int(sh[-axis]) > 1]
@@ -122,12 +128,26 @@ def check_special(op, kind, prim, strategy, shapes, axis) -> None:
             for a, b in zip(strategy[0], st):
                 _equal(op, "concat inputs", a, b)
         _unsplit(op, "concat axis", strategy[0][prim.attrs.get("axis", 0)])
+    elif kind in ("Split", "StridedSlice"):
+        cut = prim.attrs.get("axis", axis) if kind == "Split" else axis
+        _unsplit(op, f"{kind} axis {cut}", strategy[0][cut])
+    elif kind == "Select":
+        if len({tuple(map(int, s)) for s in shapes}) > 1 or len({tuple(map(int, s)) for s in strategy}) > 1:
+            raise StrategyError(op, f"Select needs three equal shapes and strategies, got {shapes} / {strategy}",
+                                _fields(*(x for s in strategy for x in s)))
+    elif kind == "BiasAdd":
+        _equal(op, "bias vs channel axis 1", strategy[0][1], strategy[1][0])
+    elif kind == "TensorScatterAdd":
+        for split in tuple(strategy[1]) + tuple(strategy[2][:len(shapes[1]) - 1]):
+            _unsplit(op, "scatter indices / updates index axes", split)
     elif kind == "GatherD":
         _unsplit(op, "GatherD dim axis", strategy[0][axis])
         for a, b in zip(strategy[0], strategy[1]):
             _equal(op, "GatherD input vs index", a, b)
     elif kind == "OneHot":
-        _unsplit(op, "one-hot depth axis", strategy[0][-1])
+        if len(shapes[0]) > 2:   # (the entry is the output): a >1-D index input splits on its first axis only
+            for split in strategy[0][1:]:
+                _unsplit(op, "one-hot axes after the first (multi-dimensional indices)", split)
     elif kind == "RmsNorm":
         _unsplit(op, "normalised (hidden) axis", strategy[0][-1])
         _unsplit(op, "gamma", strategy[1][0])
@@ -141,9 +161,20 @@ def check_special(op, kind, prim, strategy, shapes, axis) -> None:
         _unsplit(op, "head_dim", q[3])
 
 
+def tile_extents(op: str, shapes: tuple) -> tuple:
+    """Tile (input, Multiples) -> the extent each strategy axis splits: the multiple where > 1, else the input
+    dimension (MindSpore's TileInfo)."""
+    (shape, multiples) = shapes
+    if len(multiples) != len(shape):
+        raise StrategyError(op, f"multiples {tuple(multiples)} must have the rank of the input {tuple(shape)}")
+    return (tuple(m if int(m) > 1 else dim for dim, m in zip(shape, multiples)),)
+
+
 def check_call(op: str, prim, strategy: tuple, out_strategy, shapes: tuple, stage_devices: int, axis=None) -> int:
     """All checks of one call; returns the devices the op uses."""
     kind = type(prim).__name__
+    if kind == "Tile":
+        shapes = tile_extents(op, shapes)
     check_generic(op, strategy, shapes, stage_devices)
     if kind == "MatMul":
         return check_matmul(op, prim, strategy, out_strategy, stage_devices)

@@ -112,50 +112,73 @@ def linear_plan(cell, parallel) -> Plan:
 
 
 def norm_plan(cell, parallel) -> Plan:
-    """RMSNorm on (B, S, H): tokens (dp, sp), hidden never split (the mean runs over it)."""
+    """RMSNorm on (B, S, H): tokens (dp, sp), hidden never split (the mean runs over it). Plain path: rsqrt
+    (B, S, 1) tiled over H and the weight (1, 1, H) tiled over (B, S) take the same (dp, sp, 1) layout."""
     a = Axes.of(parallel)
     x = (a.dp, a.sp, ONE)
     if cell.fused:
         return {"rms_norm": _op(x, (ONE,))}
-    return {"square": _op(x), "mean": _op(x), "add": _op(x, ()), "rsqrt": _op(x),
-            "mul": _op(x, x), "mul_weight": _op(x, (ONE,))}
+    return {"square": _op(x), "mean": _op(x), "add": _op(x, ()), "rsqrt": _op(x), "tile_rsqrt": _op(x),
+            "mul": _op(x, x), "tile_weight": _op(x), "mul_weight": _op(x, x)}
 
 
 def rotary_plan(cell, parallel) -> Plan:
-    """Elementwise on (B, N, S, D) with tables (S, D): heads split by mp; the fused op is functional."""
-    if cell.fused:
-        return {}
+    """(B, N, S, D) heads split by mp. Plain path: tables arrive expanded to x's shape (RopeTables; the
+    decoding paths tile them here with the same layout). Fused (Ascend): (1, 1, S, D) tables replicated."""
     a = Axes.of(parallel)
     x = (a.dp, a.mp, ONE, ONE)
-    return {"mul_cos": _op(x, (ONE, ONE)), "mul_sin": _op(x, (ONE, ONE)), "neg": _op(x),
-            "concat": _op(x, x), "add": _op(x, x)}
+    if cell.fused:
+        return {"rope": _op(x, (ONE,) * 4, (ONE,) * 4)}          # (the int `mode` input takes no strategy)
+    return {"split_half": _op(x), "neg": _op(x), "concat": _op(x, x), "mul_cos": _op(x, x), "mul_sin": _op(x, x),
+            "add": _op(x, x), "tile_cos": _op(x), "tile_sin": _op(x)}
+
+
+def rope_tables_plan(cell, parallel) -> Plan:
+    """Per-token tables gathered from the replicated (S, D) table by position ids split by dp; the plain path
+    tiles them to the (B, N, S, D) / (B, N_kv, S, D) layout of q / k: (dp, mp, 1, 1)."""
+    a = Axes.of(parallel)
+    gather = _op((ONE, ONE), (a.dp, ONE))
+    plan = {"gather_cos": gather, "gather_sin": gather}
+    if cell.expand:
+        heads = (a.dp, a.mp, ONE, ONE)
+        plan.update({name: _op(heads) for name in ("tile_cos_q", "tile_sin_q", "tile_cos_k", "tile_sin_k")})
+    return plan
+
+
+def attention_mask_plan(cell, parallel) -> Plan:
+    """Mask (B, 1, S, S) by dp: the causal constant tiled over the batch, the padding / document terms."""
+    a = Axes.of(parallel)
+    m = (a.dp, ONE, ONE, ONE)
+    return {"tile_causal": _op(m), "is_pad": _op((a.dp, ONE)), "tile_pad": _op(m), "or_pad": _op(m, m),
+            "tile_doc_q": _op(m), "tile_doc_k": _op(m), "other_doc": _op(m, m), "or_doc": _op(m, m)}
 
 
 def core_attention_plan(cell, parallel) -> Plan:
-    """(B, N, S, D) by (dp, mp): every head's softmax stays on one rank; mask (B, 1, S, S) by dp."""
+    """(B, N, S, D) by (dp, mp): every head's softmax stays on one rank; the mask (B, 1, S, S) is tiled over
+    the heads into the same layout (plain path) or read by dp (flash attention)."""
     a = Axes.of(parallel)
     x = (a.dp, a.mp, ONE, ONE)
     if cell.flash:
         return {"flash_attention": _op(x, x, x, (a.dp, ONE, ONE, ONE))}
-    plan = {"qk": _op(x, x), "mul_scale": _op(x, ()), "select": _op(x, x, x), "softmax": _op(x),
-            "pv": _op(x, x)}
+    plan = {"qk": _op(x, x), "mul_scale": _op(x, ()), "tile_mask": _op(x), "fill": _op(x, x, ()),
+            "softmax": _op(x), "pv": _op(x, x)}
     if hasattr(cell.dropout, "dropout"):
         plan["dropout.dropout"] = _op(x)
     return plan
 
 
 def attention_plan(cell, parallel) -> Plan:
-    """The head-axis transposes; (B, S, N, D) split (dp, 1, mp, 1) keeps whole heads per rank.
+    """The head-axis ops; (B, S, N, D) split (dp, 1, mp, 1) keeps whole heads per rank.
 
-    construct() uses one Transpose for q/k/v and for the context (B, N, S, D) -> (B, S, N, D), so the
-    context call gets the same split, which lands on its *sequence* axis: seq_len % mp is required and
-    MindSpore redistributes around it. A separate `transpose_back` primitive (same math) would take
-    (dp, mp, 1, 1) instead; it is planned here as soon as the cell has one.
+    `split_kv` cuts each per-head [K_h | V_h] row (B, S, N_kv, 2D) on its last axis (unsplit); `transpose`
+    turns q/k/v to (B, N, S, D), `transpose_back` the context to (B, S, N, D) (split (dp, mp, 1, 1), so no
+    sequence constraint); GQA: `tile_kv` copies each kv head for its query heads on (B, N_kv, 1, S, D).
     """
     a = Axes.of(parallel)
-    plan = {"transpose": _op((a.dp, ONE, a.mp, ONE))}
-    if hasattr(cell, "transpose_back"):
-        plan["transpose_back"] = _op((a.dp, a.mp, ONE, ONE))
+    plan = {"transpose": _op((a.dp, ONE, a.mp, ONE)), "split_kv": _op((a.dp, ONE, a.mp, ONE)),
+            "transpose_back": _op((a.dp, a.mp, ONE, ONE))}
+    if cell.n_rep > 1:
+        plan["tile_kv"] = _op((a.dp, a.mp, ONE, ONE, ONE))
     return plan
 
 
@@ -163,7 +186,7 @@ def mlp_plan(cell, parallel) -> Plan:
     """silu(w1 x) * w3 x on (B, S, F): F split by mp like the column-parallel outputs."""
     a = Axes.of(parallel)
     x = (a.dp, ONE, a.mp)
-    return {"mul": _op(x, x)}
+    return {"silu": _op(x), "mul": _op(x, x)}
 
 
 def decoder_plan(cell, parallel) -> Plan:
@@ -184,38 +207,48 @@ def embedding_plan(cell, parallel) -> Plan:
 
 
 def loss_plan(cell, parallel) -> Plan:
-    """Cross entropy on logits (N, V): max / exp / sum reduce over the split vocab (all-reduce).
-
-    GatherD cannot split its gather axis, so the picked logit reads (dp, 1): MindSpore gathers the vocab
-    axis for that op (docs/parallel.md: a one-hot pick would avoid it).
-    """
+    """Cross entropy on logits (N, V) split (dp, vocab): max / exp / sum reduce over the split vocab
+    (all-reduce); the label logit is a one-hot (N, V) split like the logits (MindSpore offsets the labels per
+    vocab shard) times the logits, summed -- vocab-parallel end to end. Per-token vectors (N,) by dp."""
     a = Axes.of(parallel)
     v = a.vocab(parallel)
-    return {"reduce_max": _op((a.dp, v)), "sub": _op((a.dp, v), (a.dp, ONE)), "exp": _op((a.dp, v)),
-            "sum_keep": _op((a.dp, v)), "log": _op((a.dp, ONE)), "gather_d": _op((a.dp, ONE), (a.dp, ONE)),
-            "sum": _op((a.dp,)), "mul": _op((a.dp,), (a.dp,))}
+    logits, col, vec = (a.dp, v), (a.dp, ONE), (a.dp,)
+    plan = {"reduce_max": _op(logits), "sub": _op(logits, col if cell.native_broadcast else logits),
+            "exp": _op(logits), "sum_keep": _op(logits), "log": _op(col), "valid": _op(vec, ()),
+            "clamp": _op(vec, ()), "one_hot": _op(logits, (), ()), "mul_hot": _op(logits, logits),
+            "sum_pick": _op(logits), "sub_nll": _op(col, col), "sum": _op(vec), "mul": _op(vec, vec),
+            "maximum": _op((), ()), "div": _op((), ())}
+    if not cell.native_broadcast:
+        plan["tile_max"] = _op(logits)
+    return plan
 
 
 def model_plan(cell, parallel) -> Plan:
-    """Embedding multiplier (Tele-FLM input_mult) on (B, S, H) tokens: the (dp, sp, 1) region the first norm
-    and residual add read. Only planned when the op runs (multiplier != 1.0)."""
-    if cell.embedding_multiplier == 1.0:
-        return {}
-    a = Axes.of(parallel)
-    return {"mul_embed": _op((a.dp, a.sp, ONE), ())}
+    """The layers' aux losses summed as scalars; the embedding multiplier (Tele-FLM input_mult) on (B, S, H)
+    tokens: the (dp, sp, 1) region the first norm and residual add read, only when it runs (!= 1.0)."""
+    plan = {"add_aux": _op((), ())}
+    if cell.embedding_multiplier != 1.0:
+        a = Axes.of(parallel)
+        plan["mul_embed"] = _op((a.dp, a.sp, ONE), ())
+    return plan
 
 
 def causal_lm_plan(cell, parallel) -> Plan:
-    """Logit multiplier (Tele-FLM output_mult / mup_scale_factor) on the fp32 logits (B, S, V): the lm_head
-    output layout (dp, 1, vocab split), so no redistribution before the vocab-parallel loss."""
-    if cell.logit_multiplier == 1.0:
-        return {}
+    """The shift: logits (B, S, V) keep the lm_head output layout (dp, 1, vocab split) -- the sliced sequence
+    axis is unsplit --, labels / loss_mask (B, S) by dp; the aux loss is a scalar. Logit multiplier (Tele-FLM
+    output_mult / mup_scale_factor) on the same layout, only when it runs (!= 1.0)."""
     a = Axes.of(parallel)
-    return {"mul_logits": _op((a.dp, ONE, a.vocab(parallel)), ())}
+    logits = (a.dp, ONE, a.vocab(parallel))
+    plan = {"slice_logits": _op(logits), "slice_labels": _op((a.dp, ONE)), "slice_mask": _op((a.dp, ONE)),
+            "add_aux": _op((), ())}
+    if cell.logit_multiplier != 1.0:
+        plan["mul_logits"] = _op(logits, ())
+    return plan
 
 
 PLANS: dict[str, Callable] = {
-    "Linear": linear_plan, "RMSNorm": norm_plan, "RotaryEmbedding": rotary_plan,
+    "Linear": linear_plan, "RMSNorm": norm_plan, "RotaryEmbedding": rotary_plan, "RopeTables": rope_tables_plan,
+    "AttentionMask": attention_mask_plan,
     "CoreAttention": core_attention_plan, "Attention": attention_plan, "MLP": mlp_plan,
     "DecoderLayer": decoder_plan, "Embedding": embedding_plan, "CausalLMLoss": loss_plan,
     "TelechatModel": model_plan, "TelechatForCausalLM": causal_lm_plan,

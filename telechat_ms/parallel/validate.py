@@ -6,8 +6,11 @@
 
 Two layers of checks: (1) layout checks that need only the configs (device product, micro batches, batch
 and sequence divisibility, heads / kv heads / ffn / vocab / experts by their splits, stage layer counts);
-(2) a walk over every cell: the strategies set on its primitives must equal the plan derived from the
-ParallelConfig, and each call's input shapes (parallel/shapes.py) must satisfy parallel/rules.py.
+(2) a walk over every cell: every primitive that runs (parallel/shapes.py) must have a planned strategy --
+none is left to MindSpore's default --, the strategies set on its primitives must equal the plan derived
+from the ParallelConfig, and each call's input shapes must satisfy parallel/rules.py. A cell class without a
+plan that holds primitives is refused. parallel/trace.py proves on compiled tiny models that nothing else
+runs (no functional op outside the table).
 """
 from __future__ import annotations
 
@@ -169,8 +172,9 @@ def _check_cell(path, cell, config, parallel, ctx, placements) -> list[OpReport]
     return reports
 
 
-# TelechatModel.rotary only builds host-side cos/sin tables; none of its primitives runs in construct.
-TABLE_ONLY = frozenset({"model.rotary"})
+# Primitives that carry no strategy of their own in MindSpore's semi-auto parallel: Reshape is laid out by
+# redistribution between its neighbours, Cast takes the layout of its input.
+LAYOUT_FREE = frozenset({"Reshape", "Cast"})
 
 
 def _planned_ids(cell, plan) -> set:
@@ -184,17 +188,20 @@ def check_ops(model, parallel, ctx: ShapeContext) -> list[OpReport]:
     reports: list[OpReport] = []
     planned: set = set()
     units: list[str] = []
+    unknown = []
     for path, cell in model.cells_and_names():
-        if path in TABLE_ONLY or any(path.startswith(u + ".") for u in units):
+        if any(path.startswith(u + ".") for u in units):
             continue
         kind = type(cell).__name__
         if kind in UNITS:
             units.append(path)
         if kind not in UNITS and not _is_known(kind):
+            unknown.append((path, cell))
             continue
         cell_reports = _check_cell(path, cell, config, parallel, ctx, placements)
         planned |= _planned_ids(cell, plan_for(cell, parallel))
         reports.extend(cell_reports)
+    _check_unknown_cells(unknown, planned)
     _check_no_stray_strategies(model, planned)
     check_shared_parameters(model, parallel)
     return reports
@@ -243,6 +250,23 @@ def _is_known(kind: str) -> bool:
     return kind in PLANS
 
 
+def _primitives(cell) -> dict:
+    from mindspore.ops import Primitive   # pylint: disable=import-outside-toplevel
+    return {name: prim for name, prim in vars(cell).items() if isinstance(prim, Primitive)}
+
+
+def _check_unknown_cells(unknown, planned: set) -> None:
+    """A cell class no plan covers (a containers such as CellList holds no primitive; nn.Dropout's primitive is
+    planned by its parent) would run its primitives on MindSpore's default strategy: refuse it, naming it."""
+    for path, cell in unknown:
+        for name, prim in _primitives(cell).items():
+            if id(prim) in planned or type(prim).__name__ in LAYOUT_FREE:
+                continue
+            raise StrategyError(f"{path}.{name}" if path else name, f"{type(prim).__name__} in a "
+                                f"{type(cell).__name__}, a cell class without a shard plan (telechat_ms.parallel."
+                                "strategies.PLANS): it would run on MindSpore's default strategy")
+
+
 def _check_no_stray_strategies(model, planned: set) -> None:
     """A primitive carrying a strategy that no plan produced would escape validation: refuse it."""
     from mindspore.ops import Primitive   # pylint: disable=import-outside-toplevel
@@ -253,11 +277,14 @@ def _check_no_stray_strategies(model, planned: set) -> None:
                                     "carries a strategy that no plan in telechat_ms.parallel.strategies derives")
 
 
-def validate(model, parallel, batch: int, seq_len: int, training: bool = True) -> ValidationReport:
+def validate(model, parallel, batch: int, seq_len: int, training: bool = True, padded: bool = False,
+             packed: bool = False) -> ValidationReport:
     """Check every sharded primitive of `model` for global `batch` (sequences per step, all micro-batches)
-    and `seq_len`; returns a report, raises StrategyError (a ConfigError) on the first failure."""
+    and `seq_len`; `padded` / `packed`: the inputs include an attention_mask / position_ids + document_ids
+    (their mask and rotary ops are then checked too). Returns a report, raises StrategyError (a ConfigError)
+    on the first failure."""
     checks = check_layout(model.config, parallel, batch, seq_len)
-    ctx = ShapeContext(batch // parallel.micro_batch_num, seq_len, training)
+    ctx = ShapeContext(batch // parallel.micro_batch_num, seq_len, training, padded, packed)
     report = ValidationReport(parallel, batch, seq_len, checks)
     report.ops = check_ops(model, parallel, ctx)
     report.checks += check_shared_parameters(model, parallel)
