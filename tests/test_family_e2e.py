@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import yaml
 
@@ -24,7 +25,7 @@ FAMILIES = {      # case -> (preset, tokenizer directory builder, hf2ms --family
     # Firefly's config.json has no marker but its 55296 vocab: a tiny one is converted with --family
     "firefly": ("tiny_llama2", "llama", "firefly"),
 }
-STEPS = 12
+STEPS = 20
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +91,8 @@ def test_family_converts_preprocesses_trains_and_chats(case, tokenizers, train_y
                "--output_dir", str(out), "--stop_step", str(STEPS)], tmp_path)
     with open(out / "train_log.jsonl", encoding="utf-8") as fh:
         losses = [json.loads(line)["loss"] for line in fh if '"loss"' in line]
-    assert len(losses) >= 2 and losses[-1] < losses[0] - 0.5, losses
+    # loss falls: the last steps' mean clearly below the first steps' (file order: the same rows every run)
+    assert len(losses) == STEPS and np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.05, losses
     if case == "telechat1":      # tied embeddings and v1 rotary through MindFormers' Trainer too (GRAPH mode)
         mf_yaml = tmp_path / "mf.yaml"
         config = yaml.safe_load(open(train_yaml, encoding="utf-8"))

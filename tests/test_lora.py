@@ -434,12 +434,20 @@ def test_chat_with_adapter_equals_chat_with_the_merged_model(families, adapters,
     adapter, _ = adapters["telechat2"]
     assert cli_main(["merge-lora", "--base", ms_dir, "--adapter", adapter, "--dst", str(tmp_path / "merged")]) == 0
     capsys.readouterr()
+    # the model chat builds with --adapter (unmerged) computes the merged model's logits; comparing logits, not
+    # greedy text, because a random tiny model has near-ties that 1e-7 float differences can flip
+    import mindspore as ms
+    from telechat_ms import TelechatForCausalLM
+    from telechat_ms.lora import load_adapter
+    ids = ms.Tensor(np.random.default_rng(5).integers(4, 500, (1, 24)).astype(np.int32))
+    unmerged = TelechatForCausalLM.from_pretrained(ms_dir)
+    load_adapter(unmerged, adapter)
+    merged_net = TelechatForCausalLM.from_pretrained(str(tmp_path / "merged"))
+    assert np.abs(unmerged(ids).asnumpy() - merged_net(ids).asnumpy()).max() <= 1e-5
     flags = ["--prompt", "你好", "--max-new-tokens", "6", "--mode", "pynative", "--no-stream"]
     assert chat_main(["--model", ms_dir, "--adapter", adapter, *flags]) == 0
     with_adapter = capsys.readouterr().out
-    assert chat_main(["--model", str(tmp_path / "merged"), *flags]) == 0
-    merged = capsys.readouterr()
-    assert merged.out == with_adapter, (merged, with_adapter)
+    assert with_adapter.strip()
     assert chat_main(["--model", ms_dir, *flags]) == 0
     base = capsys.readouterr()
     assert base.out != with_adapter, (base, with_adapter)                       # the adapter changed the answer
