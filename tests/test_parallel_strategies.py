@@ -137,10 +137,13 @@ def _expected(cell, name, config, ctx):
     return sorted(calls)
 
 
-@pytest.mark.parametrize("preset,overrides", [("tiny", {}), ("tiny_gqa", {}), ("tiny_moe", {"moe_chunks": 2}),
-                                             ("tiny_teleflm_gqa", {}), ("tiny_telechat1", {})])
-def test_shape_table_equals_shapes_of_a_real_run(preset, overrides):
-    """parallel/shapes.py (used for 115B, where nothing can run) against a recorded pynative run."""
+@pytest.mark.parametrize("preset,overrides,inputs", [
+    ("tiny", {}, "loss_mask"), ("tiny_gqa", {}, "loss_mask"), ("tiny_moe", {"moe_chunks": 2}, "loss_mask"),
+    ("tiny_teleflm_gqa", {}, "loss_mask"), ("tiny_telechat1", {}, "loss_mask"),
+    ("tiny_gqa", {}, "padded_packed")])
+def test_shape_table_equals_shapes_of_a_real_run(preset, overrides, inputs):
+    """parallel/shapes.py (used for 115B, where nothing can run) against a recorded pynative run; with
+    "padded_packed" the run also feeds attention_mask, position_ids and document_ids (mask and rope-gather ops)."""
     set_mode("pynative")
     try:
         config = TelechatConfig.preset(preset, **overrides)
@@ -153,9 +156,16 @@ def test_shape_table_equals_shapes_of_a_real_run(preset, overrides):
         model.set_train(True)                          # MoE capacity with dropping, as in training
         batch, seq = 2, 8
         ids = Tensor(np.random.default_rng(0).integers(0, 512, (batch, seq)).astype(np.int32))
+        ones = Tensor(np.ones((batch, seq), np.float32))
+        args = (ids, ids, None, ones)
+        if inputs == "padded_packed":
+            positions = Tensor(np.tile(np.r_[np.arange(5), np.arange(3)], (batch, 1)).astype(np.int32))
+            documents = Tensor(np.tile(np.r_[np.zeros(5), np.ones(3)], (batch, 1)).astype(np.int32))
+            args = (ids, ids, Tensor(np.ones((batch, seq), np.int32)), ones, positions, documents)
         planned = _planned(model, parallel)
-        seen = _record(model, planned, (ids, ids, None, Tensor(np.ones((batch, seq), np.float32))))
-        ctx = ShapeContext(batch, seq, training=True)
+        seen = _record(model, planned, args)
+        packed = inputs == "padded_packed"
+        ctx = ShapeContext(batch, seq, training=True, padded=packed, packed=packed)
         for key, (cell, name) in planned.items():
             got = sorted(seen.get(key, []))
             assert got == _expected(cell, name, config, ctx), f"{type(cell).__name__}.{name}"

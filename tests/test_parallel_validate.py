@@ -325,3 +325,111 @@ def test_aquila2_34b_gqa_at_mp8_and_beyond():
     assert ops["model.layers.0.attention.wk_v.matmul"].calls[0][1] == (2 * 8 * 128, 6144)
     with pytest.raises(StrategyError, match=r"num_kv_heads \(8\) must be divisible by model_parallel \(16\)"):
         validate(model, ParallelConfig(model_parallel=16), batch=1, seq_len=4096)
+
+
+# ----------------------------------------------------------------------------- completeness (issue 15)
+MS_OPS = __import__("mindspore").ops      # module-level: graph-mode construct code cannot import
+def test_packed_and_padded_inputs_are_validated_with_their_mask_and_rope_ops():
+    """With an attention_mask and packed rows the mask (tiled (B, 1, S, S) by dp) and the rope-table gathers
+    (position ids by dp) are checked too; the plain path tiles the tables to q's (dp, mp, 1, 1) layout."""
+    par = ParallelConfig(data_parallel=2, model_parallel=2, use_seq_parallel=True, vocab_emb_dp=False)
+    ops = {op.path: op for op in run_validate("tiny_gqa", par, batch=2).ops}
+    assert not ops["model.attention_mask.or_pad"].calls and not ops["model.rope_tables.gather_cos"].calls
+    model = model_for("tiny_gqa")
+    ops = {op.path: op for op in validate(model, par, 2, SEQ, padded=True, packed=True).ops}
+    assert ops["model.attention_mask.tile_pad"].strategy == ((2, 1, 1, 1),)
+    assert ops["model.attention_mask.or_doc"].calls == [((2, 1, SEQ, SEQ), (2, 1, SEQ, SEQ))]
+    assert ops["model.rope_tables.gather_cos"].strategy == ((1, 1), (2, 1))
+    assert ops["model.rope_tables.tile_cos_k"].strategy == ((2, 2, 1, 1),)
+    assert ops["loss.one_hot"].strategy == ((2, 2), (), ())              # the label pick stays vocab-parallel
+    assert ops["model.layers.0.attention.tile_kv"].strategy == ((2, 2, 1, 1, 1),)
+
+
+def test_unplanned_primitive_in_a_cell_without_a_plan_is_refused():
+    """A cell class no plan covers, holding a primitive, would run on MindSpore's default strategy."""
+    from mindspore import nn, ops as msops
+
+    class Scale(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.mul = msops.Mul()
+
+    fresh = build_abstract_model(TelechatConfig.preset("tiny"))
+    par = ParallelConfig(data_parallel=2)
+    shard(fresh, par)
+    assert validate(fresh, par, 2, SEQ).ops
+    fresh.model.layers[1].extra = Scale()
+    with pytest.raises(StrategyError, match=r"model\.layers\.1\.extra\.mul: Mul in a Scale, a cell class without "
+                                            r"a shard plan"):
+        validate(fresh, par, 2, SEQ)
+
+
+def test_primitive_that_runs_without_a_plan_is_refused(monkeypatch):
+    """The table says the MLP's SiLU runs; a plan without it (what the port used to be: nn.SiLU on MindSpore's
+    default strategy) fails naming the primitive."""
+    from telechat_ms.parallel import strategies
+    model, par = model_for("tiny"), ParallelConfig(data_parallel=2, model_parallel=2)
+    shard(model, par)
+    original = strategies.PLANS["MLP"]
+    monkeypatch.setitem(strategies.PLANS, "MLP", lambda cell, p: {k: v for k, v in original(cell, p).items()
+                                                                   if k != "silu"})
+    with pytest.raises(StrategyError, match=r"model\.layers\.0\.feed_forward\.silu: runs in construct but has no "
+                                            r"planned strategy"):
+        validate(model, par, 2, SEQ)
+
+
+def _trace_inputs(batch=2, seq=8):
+    from mindspore import Tensor
+    ids = Tensor(np.random.default_rng(0).integers(4, 500, (batch, seq)).astype(np.int32))
+    ones = Tensor(np.ones((batch, seq), np.int32))
+    positions = Tensor(np.tile(np.r_[np.arange(5), np.arange(seq - 5)], (batch, 1)).astype(np.int32))
+    documents = Tensor(np.tile(np.r_[np.zeros(5), np.ones(seq - 5)], (batch, 1)).astype(np.int32))
+    return ids, ids, ones, ones, positions, documents      # input_ids, labels, attention_mask, loss_mask, packing
+
+
+def _sharded(preset, par, **overrides):
+    from telechat_ms import TelechatForCausalLM
+    model = shard_model(TelechatForCausalLM(TelechatConfig.preset(preset, **overrides)), par)
+    model.set_train(True)
+    return model
+
+
+@pytest.mark.parametrize("preset,overrides", [("tiny_gqa", {}), ("tiny_moe", {"moe_chunks": 2}),
+                                             ("tiny_teleflm_gqa", {})])
+def test_compiled_training_graph_runs_only_planned_primitives(preset, overrides):
+    """The compiled forward graph (labels, attention_mask, loss_mask, position_ids, document_ids) holds no
+    primitive outside the plans: no functional op, slice or tensor operator is left to MindSpore's default."""
+    from telechat_ms.parallel.trace import check_traced
+    par = ParallelConfig(data_parallel=2, model_parallel=2, expert_parallel=2 if "moe" in preset else 1)
+    traced = check_traced(_sharded(preset, par, **overrides), par, *_trace_inputs())
+    kinds = {op.kind for op in traced}
+    assert {"Tile", "MaskedFill", "OneHot", "StridedSlice", "Split", "SiLU"} <= kinds and "GatherD" not in kinds
+    if "moe" in preset:
+        assert {"TensorScatterAdd", "Concat"} <= kinds and "ScatterNd" not in kinds
+
+
+def _mlp_with_functional_silu(self, x):
+    return self.w2(self.mul(MS_OPS.silu(self.w1(x)), self.w3(x))), self.zero
+
+
+def _mlp_with_extra_primitive(self, x):
+    return self.w2(self.mul(self.extra(self.w1(x)), self.w3(x))), self.zero
+
+
+def test_trace_rejects_functional_ops_and_unplanned_primitives(monkeypatch):
+    """A functional call in construct, or a cell-held primitive no plan covers, is named with its path."""
+    from mindspore import ops as msops
+    from telechat_ms.model import mlp
+    from telechat_ms.parallel.trace import check_traced
+    par = ParallelConfig(data_parallel=2, model_parallel=2)
+    monkeypatch.setattr(mlp.MLP, "construct", _mlp_with_functional_silu)
+    with pytest.raises(StrategyError, match=r"model\.layers\.\d\.feed_forward\.<SiLU>: SiLU runs in construct "
+                                            r"without a cell-held primitive"):
+        check_traced(_sharded("tiny", par), par, *_trace_inputs())
+    monkeypatch.setattr(mlp.MLP, "construct", _mlp_with_extra_primitive)
+    model = _sharded("tiny", par)
+    for layer in model.model.layers:
+        layer.feed_forward.extra = msops.ReLU()
+    with pytest.raises(StrategyError, match=r"model\.layers\.\d\.feed_forward\.extra: ReLU runs in construct but "
+                                            r"has no planned strategy"):
+        check_traced(model, par, *_trace_inputs())
