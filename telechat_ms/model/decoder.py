@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import mindspore as ms
-from mindspore import Parameter, Tensor, nn, ops
+from mindspore import Parameter, Tensor, lazy_inline, nn, ops
 from mindspore.common.initializer import Normal, initializer
 
 from .attention import Attention
@@ -71,6 +71,20 @@ class DecoderLayer(nn.Cell):
         self.feed_forward.shard(parallel)
 
 
+class ReusedDecoderLayer(DecoderLayer):
+    """DecoderLayer compiled once and reused for every layer (mindspore.lazy_inline): graph mode builds one layer
+    graph instead of num_layers copies, the compile time of a 96-layer model. Selected by Kernels.cell_reuse
+    (Ascend); MindSpore 2.9's CPU backend rejects reused cells. lazy_inline wants a construct without defaulted
+    parameters, hence the override; pynative ignores the decoration."""
+
+    @lazy_inline
+    def __init__(self, config, kernels: Kernels = Kernels()):
+        super().__init__(config, kernels)
+
+    def construct(self, x, rope, mask, placement):
+        return super().construct(x, rope, mask, placement)
+
+
 class TelechatModel(nn.Cell):
     """Embedding (x embedding_multiplier) -> (optional embedding norm) -> decoder layers -> final norm."""
 
@@ -86,7 +100,8 @@ class TelechatModel(nn.Cell):
         self.mul_embed = ops.Mul()
         if self.embed_norm:
             self.tok_embeddings_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, param, kernels)
-        self.layers = nn.CellList([DecoderLayer(config, kernels) for _ in range(config.num_layers)])
+        layer = ReusedDecoderLayer if kernels.cell_reuse else DecoderLayer
+        self.layers = nn.CellList([layer(config, kernels) for _ in range(config.num_layers)])
         self.norm_out = RMSNorm(config.hidden_size, config.rms_norm_eps, param, kernels)
         self.rope_tables = RopeTables(config, kernels)         # rotary tables once per forward, shared
         self.attention_mask = AttentionMask(kernels)

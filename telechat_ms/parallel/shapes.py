@@ -227,7 +227,8 @@ CALLS = {
 
 def op_calls(cell, config, ctx: ShapeContext) -> dict:
     """{attribute path: [input shapes per call]} for one cell."""
-    kind = type(cell).__name__
+    from .strategies import cell_kind   # pylint: disable=import-outside-toplevel
+    kind = cell_kind(cell)
     d = ctx.dims(config)
     if kind in CALLS:
         return CALLS[kind](cell, config, d, ctx)

@@ -268,9 +268,18 @@ PARAM_INPUTS: dict[str, dict[str, tuple[str, int]]] = {
 UNITS = frozenset({"MoE"})
 
 
+def cell_kind(cell) -> str:
+    """The class name a cell's plan is registered under: its own class or the nearest base class with a plan
+    (ReusedDecoderLayer, the lazy_inline subclass, is planned as DecoderLayer)."""
+    for klass in type(cell).__mro__:
+        if klass.__name__ in PLANS or klass.__name__ in UNITS:
+            return klass.__name__
+    return type(cell).__name__
+
+
 def plan_for(cell, parallel) -> Plan:
     """The plan of one cell (its own primitives only; children have their own)."""
-    kind = type(cell).__name__
+    kind = cell_kind(cell)
     if kind in PLANS:
         return PLANS[kind](cell, parallel)
     if kind in UNITS:

@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass
 
 from .rules import StrategyError
-from .strategies import UNITS, plan_for
+from .strategies import UNITS, cell_kind, plan_for
 from .validate import LAYOUT_FREE, _is_known
 
 # graph plumbing, not computation: no strategy exists for these
@@ -93,7 +93,7 @@ def planned_names(network, parallel) -> set:
     for path, cell in network.cells_and_names():
         if any(path.startswith(u + ".") for u in units):
             continue
-        kind = type(cell).__name__
+        kind = cell_kind(cell)
         if kind in UNITS:
             units.append(path)
         elif not _is_known(kind):

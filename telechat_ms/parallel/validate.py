@@ -21,7 +21,7 @@ from ..config.base import ConfigError
 from .pipeline import layer_placements, stage_of_path
 from .rules import StrategyError, check_call
 from .shapes import AXES, ShapeContext, op_calls
-from .strategies import PARAM_INPUTS, UNITS, plan_for, resolve
+from .strategies import PARAM_INPUTS, UNITS, cell_kind, plan_for, resolve
 
 
 @contextlib.contextmanager
@@ -192,7 +192,7 @@ def check_ops(model, parallel, ctx: ShapeContext) -> list[OpReport]:
     for path, cell in model.cells_and_names():
         if any(path.startswith(u + ".") for u in units):
             continue
-        kind = type(cell).__name__
+        kind = cell_kind(cell)
         if kind in UNITS:
             units.append(path)
         if kind not in UNITS and not _is_known(kind):
@@ -212,9 +212,9 @@ def parameter_slices(model, parallel) -> dict:
     out: dict = {}
     units: list[str] = []
     for path, cell in model.cells_and_names():
-        if type(cell).__name__ in UNITS:
+        if cell_kind(cell) in UNITS:
             units.append(path)        # the MoE plans its subtree as one unit; its weights are not shared
-        inputs = PARAM_INPUTS.get(type(cell).__name__)
+        inputs = PARAM_INPUTS.get(cell_kind(cell))
         if not inputs or any(path.startswith(u + ".") for u in units):
             continue
         plan = plan_for(cell, parallel)
