@@ -47,6 +47,16 @@ def test_standalone_numerics_unchanged_by_strategies_stages_and_recompute():
     assert all(np.array_equal(a.asnumpy(), b.asnumpy()) for a, b in zip(grads_a, grads_b))
 
 
+def test_select_recompute_marks_every_score_sized_op_of_the_plain_attention():
+    """select_recompute recomputes the (B, N, S, S) ops of the plain attention instead of storing them: the
+    scaling, the head-tiled mask, the masked fill and the softmax."""
+    model = TelechatForCausalLM(TelechatConfig.preset("tiny"))
+    apply_parallel(model, ParallelConfig(select_recompute=True))
+    core = model.model.layers[0].attention.core
+    assert all(getattr(core, name).attrs.get("recompute") is True
+               for name in ("mul_scale", "tile_mask", "fill", "softmax"))
+
+
 def test_standalone_moe_logits_unchanged():
     """Eval (dropless): per-group dispatch (G = dp' = 2) and capacity rounding cannot change the logits. The aux
     loss becomes the official per-group one: with G = 2 groups = the 2 batch rows, it is the mean of each row's

@@ -98,9 +98,10 @@ def stage_of_path(path: str, placements: list[LayerPlacement], pp: int) -> int:
 
 def _select_recompute(layer) -> None:
     """Recompute the activation-heavy, cheap ops instead of storing them: attention scores/softmax (plain
-    path; flash attention recomputes internally) and the SwiGLU product."""
+    path: scaling, the mask tiled over the heads, the fill, softmax; flash attention recomputes internally)
+    and the SwiGLU product."""
     core = layer.attention.core
-    for name in ("mul_scale", "select", "softmax"):
+    for name in ("mul_scale", "tile_mask", "fill", "softmax"):
         if hasattr(core, name):
             getattr(core, name).recompute()
     if hasattr(layer.feed_forward, "mul") and hasattr(layer.feed_forward, "w1"):
