@@ -14,6 +14,30 @@ from .linear import Linear
 from .rotary import RotaryEmbedding
 
 
+class ScoresSoftmax(nn.Cell):
+    """Softmax over the last axis of the scores with its gradient written out: dx = y * (dy - sum(y * dy)),
+    MindSpore's own formula bit for bit, but with the row sum tiled to the scores' shape before the
+    subtraction -- MindSpore's CPU Sub keeps 16 bytes of broadcast index tables per element of the
+    (B, N, S, S) scores for the lifetime of the graph, one table per layer. `softmax` is the parent's
+    primitive (it carries the plan and the select-recompute flag)."""
+
+    def __init__(self, softmax):
+        super().__init__()
+        self.softmax = softmax
+        self.mul_out = ops.Mul()
+        self.sum_rows = ops.ReduceSum(keep_dims=True)
+        self.tile_rows = ops.Tile()
+        self.sub = ops.Sub()
+        self.mul_dx = ops.Mul()
+
+    def construct(self, x):
+        return self.softmax(x)
+
+    def bprop(self, x, out, dout):
+        rows = self.sum_rows(self.mul_out(out, dout), -1)                            # (..., 1)
+        return (self.mul_dx(out, self.sub(dout, self.tile_rows(rows, (1,) * (x.ndim - 1) + (x.shape[-1],)))),)
+
+
 class CoreAttention(nn.Cell):
     """softmax(Q K^T / sqrt(d), masked) V on (B, N, S, D) tensors; mask (B, 1, S_q, S_k) bool, True = masked.
 
@@ -36,7 +60,9 @@ class CoreAttention(nn.Cell):
         self.fill_value = Tensor(-3.4028234663852886e38, ms.float32)
         self.softmax = ops.Softmax(axis=-1)
         self.dropout = nn.Dropout(p=attention_dropout) if attention_dropout > 0 else nn.Identity()
-        if self.flash:
+        if not self.flash:
+            self.scores_softmax = ScoresSoftmax(self.softmax)
+        else:
             if attention_dropout > 0:   # would need a generated drop mask; every TeleChat2 config uses 0.0
                 raise ValueError(f"attention_dropout ({attention_dropout}) > 0 is not supported with flash attention")
             self.flash_attention = FlashAttentionScore(head_num=num_heads, scale_value=self.scale,
@@ -50,7 +76,7 @@ class CoreAttention(nn.Cell):
         scores = self.cast(self.cast(self.mul_scale(scores, self.scale), dtype), ms.float32)
         mask = self.tile_mask(mask, (1, scores.shape[1], 1, 1))                      # (B, N, Sq, Sk)
         scores = self.fill(scores, mask, self.fill_value)
-        probs = self.dropout(self.cast(self.softmax(scores), dtype))
+        probs = self.dropout(self.cast(self.scores_softmax(scores), dtype))
         return self.pv(probs, v)                                                     # (B, N, Sq, D)
 
     def shard(self, parallel) -> None:

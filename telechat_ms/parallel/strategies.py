@@ -162,6 +162,9 @@ def core_attention_plan(cell, parallel) -> Plan:
         return {"flash_attention": _op(x, x, x, (a.dp, ONE, ONE, ONE))}
     plan = {"qk": _op(x, x), "mul_scale": _op(x, ()), "tile_mask": _op(x), "fill": _op(x, x, ()),
             "softmax": _op(x), "pv": _op(x, x)}
+    # the softmax gradient's own ops (they run in the backward graph only): the scores' layout throughout
+    plan.update({f"scores_softmax.{name}": _op(x, x) for name in ("mul_out", "sub", "mul_dx")})
+    plan.update({"scores_softmax.sum_rows": _op(x), "scores_softmax.tile_rows": _op(x)})
     if hasattr(cell.dropout, "dropout"):
         plan["dropout.dropout"] = _op(x)
     return plan

@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass
 
 from .rules import StrategyError
-from .strategies import UNITS, cell_kind, plan_for
+from .strategies import UNITS, cell_kind, plan_for, resolve
 from .validate import LAYOUT_FREE, _is_known
 
 # graph plumbing, not computation: no strategy exists for these
@@ -86,9 +86,9 @@ def traced_primitives(network, *args) -> list[TracedOp]:
             return parse_ir(handle.read())
 
 
-def planned_names(network, parallel) -> set:
-    """{(owner cell path, attribute)} of every planned primitive; dotted plan keys ("dropout.dropout", the MoE
-    unit's "ffn.w1.bmm") name the cell that holds the primitive."""
+def planned_primitives(network, parallel) -> set:
+    """id() of every planned primitive (dotted plan keys such as "dropout.dropout" or the MoE unit's
+    "ffn.w1.bmm" reach into child cells; a primitive shared by two cells is planned once)."""
     out, units = set(), []
     for path, cell in network.cells_and_names():
         if any(path.startswith(u + ".") for u in units):
@@ -98,16 +98,15 @@ def planned_names(network, parallel) -> set:
             units.append(path)
         elif not _is_known(kind):
             continue
-        for key in plan_for(cell, parallel):
-            owner, _, attr = key.rpartition(".")
-            out.add((".".join(p for p in (path, owner) if p), attr))
+        out |= {id(resolve(cell, key)) for key in plan_for(cell, parallel)}
     return out
 
 
 def check_traced(network, parallel, *args) -> list[TracedOp]:
     """Every primitive the compiled forward graph of `network(*args)` runs must be planned for `parallel` (or be
     a layout-free Reshape / Cast); raises StrategyError naming the first one that is not, returns the ops."""
-    planned = planned_names(network, parallel)
+    planned = planned_primitives(network, parallel)
+    cells = dict(network.cells_and_names())
     traced = traced_primitives(network, *args)
     for op in traced:
         if op.kind in LAYOUT_FREE:
@@ -115,7 +114,7 @@ def check_traced(network, parallel, *args) -> list[TracedOp]:
         if not op.name:
             raise StrategyError(op.where(), f"{op.kind} runs in construct without a cell-held primitive (a "
                                 "functional op, slice or operator on tensors): it gets MindSpore's default strategy")
-        if (op.path, op.name) not in planned:
+        if id(getattr(cells.get(op.path), op.name, None)) not in planned:
             raise StrategyError(op.where(), f"{op.kind} runs in construct but has no planned strategy "
                                 "(telechat_ms.parallel.strategies)")
     return traced
