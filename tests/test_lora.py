@@ -444,13 +444,12 @@ def test_chat_with_adapter_equals_chat_with_the_merged_model(families, adapters,
     load_adapter(unmerged, adapter)
     merged_net = TelechatForCausalLM.from_pretrained(str(tmp_path / "merged"))
     assert np.abs(unmerged(ids).asnumpy() - merged_net(ids).asnumpy()).max() <= 1e-5
+    base_net = TelechatForCausalLM.from_pretrained(ms_dir)
+    assert np.abs(base_net(ids).asnumpy() - merged_net(ids).asnumpy()).max() > 1e-3   # the adapter matters
     flags = ["--prompt", "你好", "--max-new-tokens", "6", "--mode", "pynative", "--no-stream"]
     assert chat_main(["--model", ms_dir, "--adapter", adapter, *flags]) == 0
     with_adapter = capsys.readouterr().out
     assert with_adapter.strip()
-    assert chat_main(["--model", ms_dir, *flags]) == 0
-    base = capsys.readouterr()
-    assert base.out != with_adapter, (base, with_adapter)                       # the adapter changed the answer
     assert chat_main(["--model", ms_dir, "--adapter", str(tmp_path), *flags]) == 2
     assert "no adapter_config.json" in capsys.readouterr().err
 
