@@ -9,7 +9,9 @@ Memory of a device on pipeline stage s (bytes):
   activations  in_flight(s) x sum over its layers of the bytes a layer saves for backward per micro-batch
              (full recompute: the layer input only; select recompute: minus the SwiGLU product / scores;
              select-comm recompute: minus the norm outputs), + one layer's full set (the layer being
-             recomputed / back-propagated) + its parallel-optimizer weight all-gather
+             recomputed / back-propagated) + its parallel-optimizer weight all-gather. The plain-ops path
+             (`Workload.fused_kernels` False: CPU, calibrated against measured peaks, docs/performance.md) saves
+             more per layer and, without recompute, holds one fp32 scores tensor instead of a whole layer.
   edges      stage 0: embedding; last stage: head + logits (bf16 head output + 3 fp32 copies in the loss)
   reserve    fixed `reserve_gb` for HCCL buffers, workspace and fragmentation
 in_flight(s) = min(micro_batch_num, pp - s) for 1F1B; interleaved (v chunks): Megatron's warm-up count
@@ -43,6 +45,10 @@ class Workload:
     micro_batch_size: int = 1     # sequences per device per micro-batch (runner batch_size)
     flash_attention: bool = True
     amp_o2: bool = False          # O2: a 16-bit param_dtype gets an fp32 master copy
+    # Ascend fused kernels (FlashAttention, RmsNorm, rotary, SiLU) vs the plain-ops path the CPU runs; and the
+    # bytes of an activation (2: bf16/fp16 compute, 4: fp32). The defaults are the Ascend training setting.
+    fused_kernels: bool = True
+    activation_bytes: int = 2
     # LoRA (issue 12): telechat_ms.lora.memory.LoraMemory -- frozen base, adapter-only gradients and optimizer
     # states, no base weight-gradient matmuls, adapter-only all-reduce; None = full training
     lora: object = None
@@ -155,28 +161,49 @@ def states_bytes(config, parallel, dense: float, expert: float, work: Workload) 
 
 # ----------------------------------------------------------------------------- activations
 def layer_activation_bytes(config, parallel, work: Workload, select: bool, comm: bool) -> float:
-    """Bytes one layer saves for backward per micro-batch on one device (16-bit activations, no recompute
-    other than the select / comm flags). Tokens T = micro_batch_size x seq_len."""
-    h, f, heads = config.hidden_size, config.ffn_hidden_size, config.num_heads
+    """Bytes one layer saves for backward per micro-batch on one device (no recompute other than the select /
+    comm flags). Tokens T = micro_batch_size x seq_len; b = work.activation_bytes.
+
+    Per token: norms keep input and output (2 x 2 tensors of H); attention q, k, v (after the GQA repeat) and
+    the context (4 of H) plus fp32 softmax statistics (flash); unfused scores: fp32 probabilities, the fp32
+    masked scores MindSpore's MaskedFill gradient keeps, the bool mask and, in 16 bit, the probabilities cast
+    back; SwiGLU w1 / w3 outputs, silu and the product (4 of F). The plain path adds each norm's tiled rsqrt and
+    weight (+2 of H), the rotary inputs and rotated halves of q and k (+2 of H, +2 of the kv width) and the
+    SiLU gradient's sigmoid (+1 of F) -- what the CPU graph measurably holds (docs/performance.md)."""
+    h, f, heads, b = config.hidden_size, config.ffn_hidden_size, config.num_heads, work.activation_bytes
+    plain = not work.fused_kernels
     t, sp = parallel.model_parallel, parallel.seq_split
     tokens = work.micro_batch_size * work.seq_len
-    per_token = (8 * h - (4 * h if comm else 0)) / sp        # norm inputs and outputs (sequence-parallel region)
-    attn = 8 * h + 8 * heads                                  # q, k, v (after GQA repeat), context, softmax stats
-    if not work.flash_attention and not select:
-        attn += 6 * heads * work.seq_len                      # fp32 scores + 16-bit probabilities
+    norms = 4 + (4 if plain else 0) - (2 if comm else 0)       # tensors of H in the sequence-parallel region
+    per_token = norms * h * b / sp
+    attn = 4 * h * b + (2 * h + 2 * config.num_kv_heads * config.head_dim) * b * plain
+    if work.flash_attention:
+        attn += 8 * heads                                     # fp32 row max and sum per head
+    elif not select:
+        attn += (4 + 4 + 1 + (b if b < 4 else 0)) * heads * work.seq_len
     per_token += attn / t
+    swiglu = (4 if select else 8) / 2 + plain                 # tensors of F
     if config.is_moe:
         slots = config.num_experts_per_tok * config.moe_capacity_factor
-        ffn = (2 * h + (4 if select else 8) * f) * slots      # dispatched input + SwiGLU intermediates per slot
-        per_token += (4 * h + 8 * config.num_experts + ffn + 4 * h * config.num_experts_per_tok) / t
+        ffn = (h * b + swiglu * f * b) * slots                # dispatched input + SwiGLU intermediates per slot
+        per_token += (2 * h * b + 8 * config.num_experts + ffn + 2 * h * b * config.num_experts_per_tok) / t
     else:
-        per_token += (4 if select else 8) * f / t             # w1, w3 outputs (+ silu, product unless select)
+        per_token += swiglu * f * b / t                       # w1, w3 outputs (+ silu, product unless select)
     return per_token * tokens
+
+
+def layer_working_bytes(config, parallel, work: Workload, recomputed: bool) -> float:
+    """Backward working memory beyond the saved activations: a recomputed layer re-materialises its whole set
+    (and so does the fused path, as an assumption); the plain path without recompute holds one fp32 scores
+    tensor (B, N, S, S) at its peak (measured on CPU, docs/performance.md)."""
+    if work.fused_kernels or recomputed:
+        return layer_activation_bytes(config, parallel, work, False, False)
+    return 4 * config.num_heads / parallel.model_parallel * work.micro_batch_size * work.seq_len * work.seq_len
 
 
 def recompute_input_bytes(config, parallel, work: Workload) -> float:
     """A fully recomputed layer keeps only its input (sequence-split with SP)."""
-    return 2 * config.hidden_size * work.micro_batch_size * work.seq_len / parallel.seq_split
+    return work.activation_bytes * config.hidden_size * work.micro_batch_size * work.seq_len / parallel.seq_split
 
 
 def in_flight(parallel, stage: int) -> float:
@@ -189,10 +216,11 @@ def in_flight(parallel, stage: int) -> float:
 
 
 def logits_bytes(config, parallel, work: Workload) -> float:
-    """16-bit head output + 3 fp32 copies in the loss, + 1 fp32 copy from the logit multiplier (Tele-FLM)."""
+    """Head output (activation bytes) + 3 fp32 copies in the loss (exp, one-hot, the shifted slice), + 1 fp32
+    copy from the logit multiplier (Tele-FLM)."""
     split = 1 if parallel.vocab_emb_dp else parallel.model_parallel
     fp32_copies = 3 + (config.logit_multiplier != 1.0)
-    return work.micro_batch_size * work.seq_len * config.vocab_size / split * (2 + fp32_copies * 4)
+    return work.micro_batch_size * work.seq_len * config.vocab_size / split * (work.activation_bytes + fp32_copies * 4)
 
 
 # ----------------------------------------------------------------------------- FLOPs and time (estimate)
@@ -258,7 +286,7 @@ def stage_estimate(config, parallel, work: Workload, hw: Hardware, stage: int, m
         if work.lora is not None:     # LoRA: no weight gradients of the frozen base
             flops -= count * fwd
         comm += count * layer_comm_s(config, parallel, work, hw, full)
-    working = layer_activation_bytes(config, parallel, work, False, False) if layers else 0.0
+    working = layer_working_bytes(config, parallel, work, any(f for f, _, _ in mix)) if layers else 0.0
     if parallel.optimizer_shard > 1 and work.lora is None:   # (LoRA: the frozen base is not optimizer-sharded)
         working += 2 * 2 * (dense + expert)                  # all-gathered 16-bit weights, current + prefetched
     edge_bytes = logits_bytes(config, parallel, work) if last else 0.0
