@@ -85,7 +85,8 @@ def main() -> int:
         print(f"error: --shapes: unknown {', '.join(bad)} (known: {', '.join(SHAPES)})", file=sys.stderr)
         return 2
     print(machine_facts())
-    print(f"{'shape':5} {'layers/hidden/heads/kv/ffn/vocab/seq':38} {'measured MB':>12} {'planner MB':>11} {'ratio':>6}")
+    print(f"{'shape':5} {'layers/hidden/heads/kv/ffn/vocab/seq':38} {'measured MB':>12} "
+          f"{'planner MB':>11} {'ratio':>6}")
     for name in names:
         dims = SHAPES[name]
         measured = _measure(dims) - _measure(dims[:-1] + (BASE_SEQ,))

@@ -96,6 +96,8 @@ def main(argv=None) -> int:
         sys.path.insert(0, REPO)
         write_checkpoint(args.generate, bench_config(args.size_mb), args.shards)
         return 0
+    from common import machine_facts   # pylint: disable=import-outside-toplevel
+    print(machine_facts())
     work = args.workdir or tempfile.mkdtemp(prefix="telechat-convert-bench-")
     os.makedirs(work, exist_ok=True)
     try:

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from common import add_model_args, build_pair
+from common import add_model_args, build_pair, machine_facts, warn_if_busy
 
 
 def _ours(model, prompt, new_tokens):
@@ -54,6 +54,7 @@ def main() -> int:
     o_prefill, o_step, o_tokens = _ours(ours, prompt, args.new)
     h_prefill, h_step, h_tokens = _hf(ref, prompt, args.new)
     same = sum(a == b for a, b in zip(o_tokens, h_tokens))
+    print(machine_facts())
     print(f"config: {args.layers} layers, hidden {args.hidden}, heads {config.num_heads}/{config.num_kv_heads} kv, ffn {args.ffn}, "
           f"vocab {args.vocab}; prompt {args.prompt}, {args.new} new tokens, greedy, fp32, batch 1, "
           f"{os.cpu_count()} CPU threads")
@@ -61,6 +62,7 @@ def main() -> int:
     print(f"{'prefill':8} {args.prompt / o_prefill:11.1f} {args.prompt / h_prefill:9.1f} {h_prefill / o_prefill:6.2f}x")
     print(f"{'decode':8} {1 / o_step:11.1f} {1 / h_step:9.1f} {h_step / o_step:6.2f}x")
     print(f"greedy tokens identical to HF: {same}/{args.new}")
+    warn_if_busy()
     return 0
 
 

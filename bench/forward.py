@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from common import add_model_args, build_pair
+from common import add_model_args, build_pair, machine_facts, warn_if_busy
 
 
 def _timeit(fn, repeat: int) -> float:
@@ -54,11 +54,13 @@ def main() -> int:
                              _timeit(torch_fwd_bwd, args.repeat)),
     }
     tokens = args.batch * args.seq
+    print(machine_facts())
     print(f"config: {args.layers} layers, hidden {args.hidden}, heads {args.heads}, ffn {args.ffn}, vocab {args.vocab}, "
           f"batch {args.batch} x seq {args.seq}, fp32, {os.cpu_count()} CPU threads")
     print(f"{'pass':18} {'ours tok/s':>11} {'torch tok/s':>12} {'ratio':>7}")
     for name, (t_ours, t_ref) in results.items():
         print(f"{name:18} {tokens / t_ours:11.1f} {tokens / t_ref:12.1f} {t_ref / t_ours:6.2f}x")
+    warn_if_busy()
     return 0
 
 

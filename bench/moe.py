@@ -18,6 +18,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
+from common import machine_facts, warn_if_busy
 from telechat_ms.config.model import TelechatConfig
 from telechat_ms.model.moe import MoE
 
@@ -112,6 +113,7 @@ def main(argv=None):
         layer = build(cfg, training, state, groups)
         variants.append((name, mode, make_step(NaiveMoE(layer) if naive else layer, x, mode)))
 
+    print(machine_facts())
     print(f"N={args.tokens} tokens, H={args.hidden}, F={args.ffn}, E={args.experts}, k={args.topk}, "
           f"capacity factor {config.moe_capacity_factor}; forward+backward, median of {args.repeats} "
           f"interleaved repeats x {args.steps} steps", flush=True)
@@ -136,6 +138,7 @@ def main(argv=None):
     for name, rate in rows:
         print(f"  {name:<46s} {rate / base:6.2f}x")
     _check_naive_matches(config, state, x)
+    warn_if_busy()
 
 
 def _check_naive_matches(config, state, x):
