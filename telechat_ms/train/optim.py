@@ -48,9 +48,11 @@ def _adamw_update(beta1, beta2, eps, lr, bias1, bias2, apply, weight_decay, para
     v_new = beta2 * v + (1.0 - beta2) * ops.square(grad)
     update = (m_new / bias1) / (ops.sqrt(v_new / bias2) + eps)
     p_new = param * (1.0 - lr * weight_decay) - lr * update
-    ops.assign(m, ops.select(apply, m_new, m))
-    ops.assign(v, ops.select(apply, v_new, v))
-    return ops.assign(param, ops.select(apply, p_new, param))
+    # a full-shape condition: MindSpore's CPU Select keeps per-element broadcast index tables for a 0-d one
+    keep = ops.broadcast_to(apply, param.shape)
+    ops.assign(m, ops.select(keep, m_new, m))
+    ops.assign(v, ops.select(keep, v_new, v))
+    return ops.assign(param, ops.select(keep, p_new, param))
 
 
 class AdamW(nn.Cell):

@@ -65,7 +65,8 @@ class Updater(nn.Cell):
 
 
 def _zero_unless(finite, grad):
-    return ops.select(finite, grad, ops.zeros_like(grad))
+    # full-shape condition: same values, no per-element broadcast index tables on CPU
+    return ops.select(ops.broadcast_to(finite, grad.shape), grad, ops.zeros_like(grad))
 
 
 class _LossMean(nn.Cell):
