@@ -81,6 +81,16 @@ def atomic_write_text(path: str, text: str) -> None:
         raise
 
 
+def output_path_problems(flag: str, path: str, overwrite: bool) -> list[str]:
+    """Why `path` cannot be written as `flag`'s output (missing directory, existing file without --overwrite)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        return [f"{flag} {path}: directory {directory} does not exist"]
+    if os.path.lexists(path) and not overwrite:
+        return [f"{flag} {path} already exists; pass --overwrite to replace it"]
+    return []
+
+
 def load_json(path: str) -> Any:
     """Read a JSON file; a missing file or a syntax error becomes ConfigError naming the file and line."""
     try:

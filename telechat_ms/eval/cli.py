@@ -13,7 +13,7 @@ import json
 import os
 import sys
 
-from ..config.base import ConfigError, atomic_write_text
+from ..config.base import ConfigError, atomic_write_text, output_path_problems
 from ..io.errors import ConvertError
 
 
@@ -61,11 +61,7 @@ def check_args(args) -> None:
     if args.data and not args.data.endswith((".txt", ".jsonl")):
         bad.append(f"--data {args.data}: expected a .txt or .jsonl file")
     if args.output:
-        directory = os.path.dirname(os.path.abspath(args.output))
-        if not os.path.isdir(directory):
-            bad.append(f"--output {args.output}: directory {directory} does not exist")
-        elif os.path.lexists(args.output) and not args.overwrite:
-            bad.append(f"--output {args.output} already exists; pass --overwrite to replace it")
+        bad += output_path_problems("--output", args.output, args.overwrite)
     if bad:
         raise ConfigError("; ".join(bad))
 

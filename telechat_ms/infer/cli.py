@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 
-from ..config.base import ConfigError, atomic_write_text
+from ..config.base import ConfigError, atomic_write_text, output_path_problems
 from ..config.generation import GenerationConfig
 from ..io.errors import ConvertError
 
@@ -79,11 +79,7 @@ def check_args(args) -> None:
     if args.output and not args.input:
         bad.append("--output is for --input (answers to --prompt / --interactive go to stdout)")
     elif args.output:
-        directory = os.path.dirname(os.path.abspath(args.output))
-        if not os.path.isdir(directory):
-            bad.append(f"--output {args.output}: directory {directory} does not exist")
-        elif os.path.lexists(args.output) and not args.overwrite:
-            bad.append(f"--output {args.output} already exists; pass --overwrite to replace it")
+        bad += output_path_problems("--output", args.output, args.overwrite)
     if bad:
         raise ConfigError("; ".join(bad))
 
