@@ -6,11 +6,36 @@ import dataclasses
 import os
 import resource
 import sys
+import time
 from importlib import metadata
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-BUSY_LOAD = 1.5     # a 1-minute load average above this (on the 2-core CI machine) makes timings unreliable
+from telechat_ms.runtime import HOST_BLOCKING_RUN, host_dispatch_for  # noqa: E402
+
+# what every CPU entry point of the package does, before MindSpore is used (telechat_ms/runtime.py)
+host_dispatch_for("CPU")
+
+# CPU time other processes may take during a benchmark (in cores, averaged over the run) before its timings
+# are called invalid; the load average cannot tell, it counts the benchmark's own threads
+BUSY_CORES = 0.2
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds all processes of the machine have been busy since boot (/proc/stat)."""
+    with open("/proc/stat", encoding="ascii") as f:
+        ticks = [int(x) for x in f.readline().split()[1:9]]
+    idle = ticks[3] + ticks[4]                                  # idle + iowait
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_busy_s() -> float:
+    """CPU seconds of this process and its finished children (each benchmark side runs in one)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+_START = (time.monotonic(), _machine_busy_s(), _own_busy_s())
 
 
 def add_model_args(parser) -> None:
@@ -33,15 +58,24 @@ def machine_facts() -> str:
             pass
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return (f"machine: {os.cpu_count()} cores ({usable} usable), load average {load[0]:.2f} / {load[1]:.2f} / "
-            f"{load[2]:.2f} (1/5/15 min); {', '.join(versions)}")
+            f"{load[2]:.2f} (1/5/15 min); {', '.join(versions)}; {HOST_BLOCKING_RUN}="
+            f"{os.environ.get(HOST_BLOCKING_RUN)}")
+
+
+def other_load() -> float:
+    """Cores other processes kept busy on average since this benchmark started."""
+    wall, machine, own = time.monotonic() - _START[0], _machine_busy_s() - _START[1], _own_busy_s() - _START[2]
+    return max(machine - own, 0.0) / max(wall, 1e-9)
 
 
 def warn_if_busy() -> None:
-    """Timings taken on a loaded machine are not comparable (docs/performance.md): say so after the table."""
-    load = os.getloadavg()[0]
-    if load > BUSY_LOAD:
-        print(f"WARNING: load average {load:.2f} > {BUSY_LOAD}: other jobs share the CPU, throughput and compile "
-              "times above are not valid figures (peak RSS is)")
+    """Timings taken while other jobs ran are not comparable (docs/performance.md): print the CPU other processes
+    used during this run, and a warning above BUSY_CORES."""
+    other = other_load()
+    print(f"other processes during this run: {other:.2f} cores on average")
+    if other > BUSY_CORES:
+        print(f"WARNING: other processes used {other:.2f} cores > {BUSY_CORES} during this run: throughput and "
+              "compile times above are not valid figures (peak RSS is)")
 
 
 def peak_rss_bytes() -> int:

@@ -16,11 +16,8 @@ import numpy as np
 from common import add_model_args, build_pair, machine_facts, warn_if_busy
 
 
-def _ours(model, prompt, new_tokens):
-    from telechat_ms.config.generation import GenerationConfig
+def _ours(model, prompt, config):
     from telechat_ms.infer.generate import generate
-    config = GenerationConfig(max_new_tokens=new_tokens, eos_token_id=[-1])        # never stops early
-    generate(model, [prompt], config)                                              # warm-up: compiles
     result = generate(model, [prompt], config)
     return result.prefill_seconds, result.decode_seconds / max(result.decode_steps, 1), result.tokens[0]
 
@@ -29,7 +26,6 @@ def _hf(ref, prompt, new_tokens, repeat=2):
     import torch
     ids = torch.tensor([prompt])
     with torch.no_grad():
-        ref(input_ids=ids)                                                         # warm-up
         start = time.perf_counter()
         for _ in range(repeat):
             ref(input_ids=ids, use_cache=True)
@@ -46,21 +42,28 @@ def main() -> int:
     add_model_args(parser)
     parser.add_argument("--prompt", type=int, default=64)
     parser.add_argument("--new", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating generations of each side")
     args = parser.parse_args()
 
+    from telechat_ms.config.generation import GenerationConfig
     config, ours, ref = build_pair(args, args.prompt + args.new)
     ours.set_train(False)
     prompt = np.random.default_rng(0).integers(4, config.vocab_size, args.prompt).tolist()
-    o_prefill, o_step, o_tokens = _ours(ours, prompt, args.new)
-    h_prefill, h_step, h_tokens = _hf(ref, prompt, args.new)
+    gen = GenerationConfig(max_new_tokens=args.new, eos_token_id=[-1])              # never stops early
+    _ours(ours, prompt, gen), _hf(ref, prompt, 2, repeat=1)                          # warm-up: ours compiles
+    rounds = [(_ours(ours, prompt, gen), _hf(ref, prompt, args.new)) for _ in range(args.rounds)]
+    o_tokens, h_tokens = rounds[-1][0][2], rounds[-1][1][2]
     same = sum(a == b for a, b in zip(o_tokens, h_tokens))
     print(machine_facts())
     print(f"config: {args.layers} layers, hidden {args.hidden}, heads {config.num_heads}/{config.num_kv_heads} kv, ffn {args.ffn}, "
           f"vocab {args.vocab}; prompt {args.prompt}, {args.new} new tokens, greedy, fp32, batch 1, "
-          f"{os.cpu_count()} CPU threads")
-    print(f"{'phase':8} {'ours tok/s':>11} {'HF tok/s':>9} {'ratio':>7}")
-    print(f"{'prefill':8} {args.prompt / o_prefill:11.1f} {args.prompt / h_prefill:9.1f} {h_prefill / o_prefill:6.2f}x")
-    print(f"{'decode':8} {1 / o_step:11.1f} {1 / h_step:9.1f} {h_step / o_step:6.2f}x")
+          f"{os.cpu_count()} CPU threads; {args.rounds} alternating rounds")
+    print(f"{'phase':8} {'ours tok/s':>11} {'HF tok/s':>9} {'ratio':>7} {'ratio min-max':>14}")
+    for name, index, tokens in (("prefill", 0, args.prompt), ("decode", 1, 1)):
+        o = float(np.median([r[0][index] for r in rounds]))
+        h = float(np.median([r[1][index] for r in rounds]))
+        ratios = [r[1][index] / r[0][index] for r in rounds]
+        print(f"{name:8} {tokens / o:11.1f} {tokens / h:9.1f} {h / o:6.2f}x {min(ratios):6.2f}-{max(ratios):.2f}x")
     print(f"greedy tokens identical to HF: {same}/{args.new}")
     warn_if_busy()
     return 0

@@ -38,8 +38,8 @@ def _cmd_forward(args) -> int:
     import numpy as np
     import mindspore as ms
     from . import Kernels, TelechatConfig, TelechatForCausalLM
-    ms.set_context(mode=ms.GRAPH_MODE if args.mode == "graph" else ms.PYNATIVE_MODE)
-    ms.set_device(args.device_target)
+    from .runtime import set_up
+    set_up(args.device_target, args.mode)
     ms.set_seed(args.seed)
     kernels = Kernels.for_device(args.device_target)
     if args.model_dir:

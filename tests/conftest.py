@@ -1,8 +1,13 @@
 """Shared test setup: MindSpore on CPU, scratch cwd (mindformers writes ./output on import)."""
 import os
 
-import mindspore as ms
-import pytest
+from telechat_ms.runtime import host_dispatch_for
+
+# as every CPU entry point does, before MindSpore queues its first task (telechat_ms/runtime.py)
+host_dispatch_for("CPU")
+
+import mindspore as ms  # noqa: E402  pylint: disable=wrong-import-position
+import pytest  # noqa: E402  pylint: disable=wrong-import-position
 
 
 @pytest.fixture(autouse=True, scope="session")

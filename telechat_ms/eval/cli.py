@@ -68,13 +68,11 @@ def check_args(args) -> None:
 
 def load_for_eval(model_dir: str, device_target: str = "CPU", mode: str = "graph", tokenizer: str | None = None):
     """(model in eval mode, tokenizer) of a converted directory, any family."""
-    import mindspore as ms   # pylint: disable=import-outside-toplevel
     from ..data.tokenizer import load_tokenizer   # pylint: disable=import-outside-toplevel
     from ..infer.chat import check_tokenizer_fits   # pylint: disable=import-outside-toplevel
     from ..model import Kernels, TelechatForCausalLM   # pylint: disable=import-outside-toplevel
-    ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
-    if ms.get_context("device_target") != device_target:
-        ms.set_device(device_target)
+    from ..runtime import set_up   # pylint: disable=import-outside-toplevel
+    set_up(device_target, mode)
     model = TelechatForCausalLM.from_pretrained(model_dir, Kernels.for_device(device_target))
     model.set_train(False)
     tok = load_tokenizer(tokenizer or model_dir)

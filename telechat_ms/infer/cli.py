@@ -136,12 +136,10 @@ def chat_template(args, model_config):
 
 
 def _load(args):
-    import mindspore as ms
     from ..data.tokenizer import load_tokenizer
     from ..model import Kernels, TelechatForCausalLM
-    ms.set_context(mode=ms.GRAPH_MODE if args.mode == "graph" else ms.PYNATIVE_MODE)
-    if ms.get_context("device_target") != args.device_target:   # fixed once used (e.g. by a TP worker's init())
-        ms.set_device(args.device_target)
+    from ..runtime import set_up
+    set_up(args.device_target, args.mode)
     kernels = Kernels.for_device(args.device_target)
     if args.tp > 1:
         from .tp import load_tensor_parallel

@@ -190,6 +190,8 @@ def run_yaml(path: str, overrides: dict | None = None, printer=print):
     setting fails before MindFormers is imported)."""
     plan, mf_config = plan_run(path, overrides)
     _prepare_output(plan)
+    from ..runtime import host_dispatch_for   # pylint: disable=import-outside-toplevel
+    host_dispatch_for(plan.config.device_target)    # before MindFormers runs any op (telechat_ms/runtime.py)
     from mindformers import Trainer   # pylint: disable=import-outside-toplevel
     from mindformers.core.context import build_context   # pylint: disable=import-outside-toplevel
     from mindformers.utils import set_output_path   # pylint: disable=import-outside-toplevel

@@ -67,13 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_args(args)
         sock = bind(args.host, args.port)
-        import mindspore as ms  # pylint: disable=import-outside-toplevel
         import uvicorn  # pylint: disable=import-outside-toplevel
         from .app import create_app  # pylint: disable=import-outside-toplevel
         from .scheduler import Engine  # pylint: disable=import-outside-toplevel
         from .served import load_served  # pylint: disable=import-outside-toplevel
-        ms.set_context(mode=ms.GRAPH_MODE if args.mode == "graph" else ms.PYNATIVE_MODE)
-        ms.set_device(args.device_target)
+        from ..runtime import set_up  # pylint: disable=import-outside-toplevel
+        set_up(args.device_target, args.mode)
         served = load_served(args.model, args.served_model_name, args.max_len, args.device_target, args.adapter)
         engine = Engine(served.model, served.tokenizer, args.max_batch, served.max_len, args.max_queue,
                         args.prefill_chunk)

@@ -234,6 +234,8 @@ class Trainer:
                 ms.set_context(**{key: value})
 
     def _init_context(self) -> tuple[int, int]:
+        from ..runtime import host_dispatch_for   # pylint: disable=import-outside-toplevel
+        host_dispatch_for(self.config.device_target)    # before the first MindSpore op (telechat_ms/runtime.py)
         import mindspore as ms   # pylint: disable=import-outside-toplevel
         ms.set_context(mode=ms.GRAPH_MODE if self.config.mode == 0 else ms.PYNATIVE_MODE)
         self._apply_context(ms)
