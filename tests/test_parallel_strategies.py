@@ -198,12 +198,15 @@ def test_column_and_row_parallel_linears():
     assert att.wo.matmul.attrs["out_strategy"] == ((4, 1),)          # reduce-scatter onto tokens (SP)
     assert att.wo.bias_add.attrs["in_strategy"] == ((4, 1), (1,))     # bias added once, after the reduction
     assert mlp.w2.matmul.attrs["in_strategy"] == ((2, 2), (1, 2))
-    # plain path: the weight (1, 1, H) is tiled to the tokens' (dp, sp, 1) layout before the product
-    assert model.model.layers[0].attention_norm.tile_weight.attrs["in_strategy"] == ((2, 2, 1),)
-    assert model.model.layers[0].attention_norm.mul_weight.attrs["in_strategy"] == ((2, 2, 1), (2, 2, 1))
+    # plain path: the norm runs on the (B*S, H) rows split dp x sp; the weight (1, H) is tiled to that layout
+    # before the product, and its gradient's row sum reduces over the split rows
+    rows = model.model.layers[0].attention_norm.rows
+    assert rows.tile_weight.attrs["in_strategy"] == ((4, 1),)
+    assert rows.mul_weight.attrs["in_strategy"] == ((4, 1), (4, 1))
+    assert rows.sum_dw.attrs["in_strategy"] == ((4, 1),)
     assert model.model.tok_embeddings.gather.attrs["in_strategy"] == ((2, 1), (2, 1))
     assert model.lm_head.matmul.attrs["in_strategy"] == ((2, 1), (2, 1))
-    assert model.loss.reduce_max.attrs["in_strategy"] == ((2, 2),)
+    assert model.loss.row_max.attrs["in_strategy"] == ((2, 2),)
 
 
 def test_vocab_emb_dp_replicates_table_and_head():

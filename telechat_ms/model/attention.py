@@ -16,15 +16,18 @@ from .rotary import RotaryEmbedding
 
 class ScoresSoftmax(nn.Cell):
     """Softmax over the last axis of the scores with its gradient written out: dx = y * (dy - sum(y * dy)),
-    MindSpore's own formula bit for bit, but with the row sum tiled to the scores' shape before the
-    subtraction -- MindSpore's CPU Sub keeps 16 bytes of broadcast index tables per element of the
-    (B, N, S, S) scores for the lifetime of the graph, one table per layer. `softmax` is the parent's
-    primitive (it carries the plan and the select-recompute flag)."""
+    MindSpore's own formula, but with the row sum tiled to the scores' shape before the subtraction --
+    MindSpore's CPU Sub keeps 16 bytes of broadcast index tables per element of the (B, N, S, S) scores for the
+    lifetime of the graph, one table per layer -- and taken over a 2-D (rows, S) view: MindSpore's CPU
+    ReduceSum has a fast path for 2-D inputs only (0.32 ms for 8 x 512 x 512 fp32 against 7.5 ms on the 4-D
+    tensor, docs/performance.md). `softmax` is the parent's primitive (it carries the plan and the
+    select-recompute flag)."""
 
     def __init__(self, softmax):
         super().__init__()
         self.softmax = softmax
         self.mul_out = ops.Mul()
+        self.reshape = ops.Reshape()
         self.sum_rows = ops.ReduceSum(keep_dims=True)
         self.tile_rows = ops.Tile()
         self.sub = ops.Sub()
@@ -34,8 +37,10 @@ class ScoresSoftmax(nn.Cell):
         return self.softmax(x)
 
     def bprop(self, x, out, dout):
-        rows = self.sum_rows(self.mul_out(out, dout), -1)                            # (..., 1)
-        return (self.mul_dx(out, self.sub(dout, self.tile_rows(rows, (1,) * (x.ndim - 1) + (x.shape[-1],)))),)
+        cols = x.shape[-1]
+        rows = self.reshape(self.mul_out(out, dout), (-1, cols))                     # (B*N*Sq, Sk)
+        rows = self.reshape(self.sum_rows(rows, -1), x.shape[:-1] + (1,))            # (..., 1)
+        return (self.mul_dx(out, self.sub(dout, self.tile_rows(rows, (1,) * (x.ndim - 1) + (cols,)))),)
 
 
 class CoreAttention(nn.Cell):

@@ -26,7 +26,9 @@ class CausalLMLoss(nn.Cell):
         self.native_broadcast = kernels.native_broadcast
         self.cast = ops.Cast()
         self.reshape = ops.Reshape()
-        self.reduce_max = ops.ReduceMax(keep_dims=True)
+        # the row maximum with ArgMaxWithValue (as MindFormers' vocab-parallel CrossEntropyLoss): the same value
+        # as ReduceMax, which MindSpore's CPU kernel takes 12.7 ms for on (511, 8192) fp32 against 1.6 ms
+        self.row_max = ops.ArgMaxWithValue(axis=-1, keep_dims=True)
         self.tile_max = ops.Tile()
         self.sub = ops.Sub()
         self.exp = ops.Exp()
@@ -48,7 +50,7 @@ class CausalLMLoss(nn.Cell):
         """logits (N, V), labels (N,) int, loss_mask (N,) or None -> scalar fp32."""
         num, vocab = logits.shape
         logits = self.cast(logits, ms.float32)
-        peak = ops.stop_gradient(self.reduce_max(logits, -1))                         # (N, 1)
+        peak = ops.stop_gradient(self.row_max(logits)[1])                              # (N, 1)
         if not self.native_broadcast:
             peak = self.tile_max(peak, (1, vocab))                                     # (N, V)
         shifted = self.sub(logits, peak)                                               # (N, V)

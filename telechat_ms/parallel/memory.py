@@ -167,14 +167,15 @@ def layer_activation_bytes(config, parallel, work: Workload, select: bool, comm:
     Per token: norms keep input and output (2 x 2 tensors of H); attention q, k, v (after the GQA repeat) and
     the context (4 of H) plus fp32 softmax statistics (flash); unfused scores: fp32 probabilities, the fp32
     masked scores MindSpore's MaskedFill gradient keeps, the bool mask and, in 16 bit, the probabilities cast
-    back; SwiGLU w1 / w3 outputs, silu and the product (4 of F). The plain path adds each norm's tiled rsqrt and
-    weight (+2 of H), the rotary inputs and rotated halves of q and k (+2 of H, +2 of the kv width) and the
-    SiLU gradient's sigmoid (+1 of F) -- what the CPU graph measurably holds (docs/performance.md)."""
+    back; SwiGLU w1 / w3 outputs, silu and the product (4 of F). The plain path adds the rotary inputs and
+    rotated halves of q and k (+2 of H, +2 of the kv width) and the SiLU gradient's sigmoid (+1 of F) -- what
+    the CPU graph measurably holds (docs/performance.md); its norms keep nothing more (RMSNormRows recomputes
+    rsqrt in its written-out gradient)."""
     h, f, heads, b = config.hidden_size, config.ffn_hidden_size, config.num_heads, work.activation_bytes
     plain = not work.fused_kernels
     t, sp = parallel.model_parallel, parallel.seq_split
     tokens = work.micro_batch_size * work.seq_len
-    norms = 4 + (4 if plain else 0) - (2 if comm else 0)       # tensors of H in the sequence-parallel region
+    norms = 4 - (2 if comm else 0)                            # tensors of H in the sequence-parallel region
     per_token = norms * h * b / sp
     attn = 4 * h * b + (2 * h + 2 * config.num_kv_heads * config.head_dim) * b * plain
     if work.flash_attention:

@@ -71,12 +71,14 @@ def linear_calls(cell, config, d, ctx) -> dict:
 
 
 def norm_calls(cell, config, d, ctx) -> dict:
-    x, r = (d["B"], d["S"], d["H"]), (d["B"], d["S"], d["1"])
+    """Fused: (B, S, H). Plain: the (T, H) rows of RMSNormRows (forward ops; its written-out gradient's ops run
+    in the backward graph only and are checked by the strategy tests)."""
     if cell.fused:
-        return {"rms_norm": [(x, (d["H"],))]}
-    return {"square": [(x,)], "mean": [(x,)], "add": [(r, SCALAR)], "rsqrt": [(r,)],
-            "tile_rsqrt": [(r, Multiples((1, 1, d["H"])))], "mul": [(x, x)],
-            "tile_weight": [((d["1"], d["1"], d["H"]), Multiples((d["B"], d["S"], 1)))], "mul_weight": [(x, x)]}
+        return {"rms_norm": [((d["B"], d["S"], d["H"]), (d["H"],))]}
+    x, r = (d["T"], d["H"]), (d["T"], d["1"])
+    return {"rows.square": [(x,)], "rows.mean": [(x,)], "rows.add": [(r, SCALAR)], "rows.rsqrt": [(r,)],
+            "rows.tile_rsqrt": [(r, Multiples((1, d["H"])))], "rows.mul": [(x, x)],
+            "rows.tile_weight": [((d["1"], d["H"]), Multiples((d["T"], 1)))], "rows.mul_weight": [(x, x)]}
 
 
 def rotary_calls(cell, config, d, ctx) -> dict:
@@ -186,7 +188,7 @@ def loss_calls(cell, config, d, ctx) -> dict:
     OneHot's entry is its output (N, V) (the strategy MindSpore takes), then the on / off values."""
     n, v = d["T1"], d["V"]
     logits, col, vec = (n, v), (n, d["1"]), (n,)
-    calls = {"reduce_max": [(logits,)], "sub": [(logits, col if cell.native_broadcast else logits)],
+    calls = {"row_max": [(logits,)], "sub": [(logits, col if cell.native_broadcast else logits)],
              "exp": [(logits,)], "sum_keep": [(logits,)], "log": [(col,)], "valid": [(vec, SCALAR)],
              "clamp": [(vec, SCALAR)], "one_hot": [(logits, SCALAR, SCALAR)], "mul_hot": [(logits, logits)],
              "sum_pick": [(logits,)], "sub_nll": [(col, col)], "sum": [(vec,), (vec,)],

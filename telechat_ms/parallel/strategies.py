@@ -112,14 +112,20 @@ def linear_plan(cell, parallel) -> Plan:
 
 
 def norm_plan(cell, parallel) -> Plan:
-    """RMSNorm on (B, S, H): tokens (dp, sp), hidden never split (the mean runs over it). Plain path: rsqrt
-    (B, S, 1) tiled over H and the weight (1, 1, H) tiled over (B, S) take the same (dp, sp, 1) layout."""
+    """RMSNorm on (B, S, H): tokens (dp, sp), hidden never split (the mean runs over it). Plain path: the
+    (B*S, H) rows split dp x sp; rsqrt (N, 1) tiled over H and the weight (1, H) tiled over the rows take that
+    layout; the weight gradient's row sum reduces over the split rows (an all-reduce)."""
     a = Axes.of(parallel)
     x = (a.dp, a.sp, ONE)
     if cell.fused:
         return {"rms_norm": _op(x, (ONE,))}
-    return {"square": _op(x), "mean": _op(x), "add": _op(x, ()), "rsqrt": _op(x), "tile_rsqrt": _op(x),
-            "mul": _op(x, x), "tile_weight": _op(x), "mul_weight": _op(x, x)}
+    rows = (a.dp * a.sp, ONE)
+    plan = {f"rows.{name}": _op(rows) for name in ("square", "mean", "rsqrt", "tile_rsqrt", "tile_weight",
+                                                    "sum_dw", "mean_gn", "tile_gn")}
+    plan.update({f"rows.{name}": _op(rows, rows) for name in ("mul", "mul_weight", "mul_dw", "mul_g", "mul_gn",
+                                                               "mul_n", "sub", "mul_dx")})
+    plan["rows.add"] = _op(rows, ())
+    return plan
 
 
 def rotary_plan(cell, parallel) -> Plan:
@@ -164,7 +170,8 @@ def core_attention_plan(cell, parallel) -> Plan:
             "softmax": _op(x), "pv": _op(x, x)}
     # the softmax gradient's own ops (they run in the backward graph only): the scores' layout throughout
     plan.update({f"scores_softmax.{name}": _op(x, x) for name in ("mul_out", "sub", "mul_dx")})
-    plan.update({"scores_softmax.sum_rows": _op(x), "scores_softmax.tile_rows": _op(x)})
+    # the row sum runs on the (B*N*Sq, Sk) view: rows split by dp x mp
+    plan.update({"scores_softmax.sum_rows": _op((a.dp * a.mp, ONE)), "scores_softmax.tile_rows": _op(x)})
     if hasattr(cell.dropout, "dropout"):
         plan["dropout.dropout"] = _op(x)
     return plan
@@ -216,7 +223,7 @@ def loss_plan(cell, parallel) -> Plan:
     a = Axes.of(parallel)
     v = a.vocab(parallel)
     logits, col, vec = (a.dp, v), (a.dp, ONE), (a.dp,)
-    plan = {"reduce_max": _op(logits), "sub": _op(logits, col if cell.native_broadcast else logits),
+    plan = {"row_max": _op(logits), "sub": _op(logits, col if cell.native_broadcast else logits),
             "exp": _op(logits), "sum_keep": _op(logits), "log": _op(col), "valid": _op(vec, ()),
             "clamp": _op(vec, ()), "one_hot": _op(logits, (), ()), "mul_hot": _op(logits, logits),
             "sum_pick": _op(logits), "sub_nll": _op(col, col), "sum": _op(vec), "mul": _op(vec, vec),
