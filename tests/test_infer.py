@@ -117,6 +117,26 @@ def test_greedy_batch_matches_reference_without_cache(dense_pair):
     assert result.tokens == expected.tolist()          # 22 + 16 tokens: crosses training_seqlen 32
 
 
+def test_decode_steps_use_a_compiled_increment_graph_per_cache_shape(dense_pair):
+    """One-token steps run MindSpore's compiled "increment" graph, which is reused without a shape check
+    (engine.decode_cell): a session with another batch or max_len must get its own graph, and going back to the
+    first shape (new cache buffers) must not reuse a graph bound to the old buffers."""
+    net, _ = dense_pair
+    rng = np.random.default_rng(3)
+    cells = []
+    for batch, max_len in ((1, 20), (2, 24), (1, 20)):
+        ids = rng.integers(4, net.config.vocab_size, (batch, 12)).astype(np.int32)
+        session = KVCacheSession(net, batch, max_len)
+        session.step(ids[:, :10])
+        for t in range(10, 12):
+            got = session.step(ids[:, t:t + 1])
+        full = net(ms.Tensor(ids)).asnumpy()[:, -1]
+        assert np.abs(got - full).max() <= 1e-4, (batch, max_len, np.abs(got - full).max())
+        assert session.decode_fn.phase == "increment" and "increment" in session.decode_fn.phase_cache
+        cells.append(session.decode_fn)
+    assert cells[0] is not cells[1] and cells[1] is not cells[2]
+
+
 def test_sampling_is_seeded_and_top_k_one_is_greedy(dense_pair):
     net, _ = dense_pair
     sample = GenerationConfig(max_new_tokens=8, do_sample=True, temperature=1.5, top_k=0, seed=3, eos_token_id=[511])

@@ -3,9 +3,10 @@
 Graph-friendly: the cache is pre-allocated for `max_len` positions, so a batch compiles at most three graph
 shapes (prefill (B, S_prompt), decode (B, 1), recompute (B, max_len)). Every data-dependent input is computed
 on the host and passed in: the rotary tables for the current total length L (dynamic NTK alpha and mscale of
-spec §2.5), the mask (B, 1, S_new, max_len) (causal, left padding, unwritten slots), the one-hot placement
-(S_new, max_len) that writes the new keys/values into their cache slots, and the position whose logits are
-returned.
+spec §2.5), the mask (B, 1, S_new, max_len) (causal, left padding, unwritten slots), the write indices (B, N_kv, S_new, 3) of the
+new keys/values' cache slots, and the position whose logits are returned. The rotary tables arrive already
+expanded to the query (B, N, S_new, D) and key (B, N_kv, max_len, D) shapes: on the CPU every graph op costs
+~13 us of dispatch besides its kernel, so the per-layer Tile/Reshape of (S, D) tables would add 32 ops a step.
 
 Dynamic NTK and caching: HF recomputes alpha/mscale from the total length at every forward, and the *hidden
 states* of earlier positions (which become deeper layers' keys and values) depend on them. So once L passes
@@ -24,14 +25,16 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
+from ..model.kv_cache import write_indices
 from ..model.rotary import RopeSpec, rope_regime, rotary_tables
 
-# one compiled step cell per model (kept outside the model's cell tree: the step cell owns the model)
+# the compiled step cells of each model (kept outside the model's cell tree: a step cell owns the model):
+# model -> (key buffer, dtype, step cell, decode cell)
 _STEP_CELLS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 class CachedStep(nn.Cell):
-    """input_ids (B, S_new) + host-made rope/mask/placement -> fp32 logits (B, V) at index `pick` (1,)."""
+    """input_ids (B, S_new) + host-made rope/mask/write indices -> fp32 logits (B, V) at index `pick` (1,)."""
 
     def __init__(self, lm):
         super().__init__()
@@ -43,12 +46,29 @@ class CachedStep(nn.Cell):
         return self.lm.head(ops.gather(hidden, pick, 1)).squeeze(1)                      # (B, 1, V) -> (B, V)
 
 
-def step_cell(model) -> CachedStep:
-    cell = _STEP_CELLS.get(model)
-    if cell is None:
-        cell = _STEP_CELLS[model] = CachedStep(model)
-        cell.set_train(False)
-    return cell
+def step_cells(model, dtype) -> tuple[CachedStep, CachedStep]:
+    """(step cell, one-token decode cell) bound to the model's current KV cache buffers.
+
+    New buffers (enable_kv_cache with another batch or max_len) need new cells: a compiled graph stays bound to
+    the Parameter objects it was compiled with, and a cell called again with the shapes of an earlier graph
+    reuses that graph -- which would then write the old buffers while the new ones are read.
+
+    The decode cell runs on MindSpore's "increment" phase: in graph mode every Cell call re-derives the graph key
+    and sets the compile phase on every sub-cell of the model (Python work that grows with the layer count:
+    1.2 ms a step for 4 layers on the CPU), while a compiled cell whose phase is "increment" runs its cached
+    graph directly (mindspore Cell._predict, as MindFormers' incremental inference does). That graph is reused
+    without any shape check, so the cell serves one signature only: batch, max_len, buffers (fixed with the
+    cells), the rotary tables' dtype and one new token per step."""
+    cache = model.model.layers[0].attention.kv_cache.key_cache
+    known = _STEP_CELLS.get(model)
+    # the buffer object itself, not its id(): a freed buffer's id is reused by the next one
+    if known is None or known[0] is not cache or known[1] != dtype:
+        step, decode = CachedStep(model), CachedStep(model)
+        step.set_train(False)
+        decode.set_train(False)
+        decode.phase = "increment"       # after set_train, which sets "predict"
+        known = _STEP_CELLS[model] = (cache, dtype, step, decode)
+    return known[2], known[3]
 
 
 class KVCacheSession:
@@ -66,7 +86,7 @@ class KVCacheSession:
         self._table = None                                       # (regime, cos, sin) host rotary tables
         self.dtype = dtype or ms.float32
         model.model.enable_kv_cache(batch, max_len)
-        self.step_fn = step_cell(model)
+        self.step_fn, self.decode_fn = step_cells(model, self.dtype)   # decode_fn: one new token
 
     @property
     def length(self) -> int:
@@ -105,15 +125,18 @@ class KVCacheSession:
     def _run(self, feed: np.ndarray, start: int, new: int, total: int) -> np.ndarray:
         """Write `feed` (B, new) at slots [start, start+new) and return the logits at position total-1."""
         cos, sin = self._tables(total)                                              # (max_len, D)
-        cos_q, sin_q = (ms.Tensor(t[start:start + new], self.dtype) for t in (cos, sin))  # (new, D)
-        cos_k, sin_k = ms.Tensor(cos, self.dtype), ms.Tensor(sin, self.dtype)
+        bsz, heads, kv_heads = self.batch, self.config.num_heads, self.config.num_kv_heads
+        query = (bsz, heads, new, cos.shape[1])
+        cos_q, sin_q = (ms.Tensor(np.broadcast_to(t[start:start + new], query), self.dtype) for t in (cos, sin))
+        key = (bsz, kv_heads) + cos.shape
+        cos_k, sin_k = (ms.Tensor(np.broadcast_to(t, key), self.dtype) for t in (cos, sin))  # (B, N_kv, M, D)
         slots = np.arange(self.max_len)
         causal = slots[None, :] <= (start + np.arange(new))[:, None]                 # (new, max_len)
         keep = causal[None, :, :] & self.key_valid[:, None, :]                       # (B, new, max_len)
-        placement = np.zeros((new, self.max_len), np.float32)
-        placement[np.arange(new), start + np.arange(new)] = 1.0                      # row i -> slot start+i
+        indices = write_indices(bsz, kv_heads, start + np.arange(new))               # (B, N_kv, new, 3)
         # mutable: the tables change every step; as constants they would trigger a recompile per step
-        logits = self.step_fn(ms.Tensor(feed), ms.mutable((cos_q, sin_q, cos_k, sin_k)),
-                              ms.Tensor(~keep[:, None, :, :]), ms.Tensor(placement, self.dtype),
+        step = self.decode_fn if new == 1 else self.step_fn
+        logits = step(ms.Tensor(feed), ms.mutable((cos_q, sin_q, cos_k, sin_k)),
+                              ms.Tensor(~keep[:, None, :, :]), ms.Tensor(indices),
                               ms.Tensor([total - 1 - start], ms.int32))
         return logits.asnumpy()

@@ -7,7 +7,7 @@ slot has its own length, its own positions and its own rotary regime:
 
 * **Per-row placement.** New keys/values are written through a one-hot placement (slots, S, max_len) — row b's
   token i goes to column `written_b + i` of row b only (SlotKVCache, installed on each attention layer in place
-  of the model's KVCache; a 2-D placement still works as before). Slot b's token at position p lives in column
+  of the model's KVCache; KVCacheSession's int32 write indices still work). Slot b's token at position p lives in column
   p, exactly as in a batch-1 KVCacheSession, so a slot computes what generate() computes for that prompt alone.
 * **Per-row masks and rotary tables.** Mask (slots, 1, S, max_len): query i of row b sees columns
   <= its position. Rotary tables are per token, (slots, 1, S, D) for queries and (slots, 1, max_len, D) for the
@@ -37,16 +37,23 @@ _SLOT_STEP_CELLS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 class SlotKVCache(KVCache):
-    """KVCache whose placement may be per row: (B, S_new, max_len). A 2-D (S_new, max_len) placement is written
-    as KVCache does, so a KVCacheSession on the same model keeps working (not at the same time: one buffer)."""
+    """KVCache whose writes may be per row: a one-hot placement (B, S_new, max_len) (rows without pending tokens
+    write nothing). Int32 write indices (B, N_kv, S_new, 3) are written as KVCache does, so a KVCacheSession on
+    the same model keeps working (not at the same time: one buffer)."""
 
     def __init__(self, batch: int, num_kv_heads: int, max_len: int, head_dim: int, dtype):
         super().__init__(batch, num_kv_heads, max_len, head_dim, dtype)
         self.batch_matmul = ops.BatchMatMul()
+        self.transpose = ops.Transpose()
+        self.reshape = ops.Reshape()
+        self.assign = ops.Assign()
+
+    def construct(self, k, v, placement):
+        if placement.dtype == ms.int32:
+            return super().construct(k, v, placement)
+        return self._write(self.key_cache, k, placement), self._write(self.value_cache, v, placement)
 
     def _write(self, cache, new, placement):
-        if placement.ndim == 2:
-            return super()._write(cache, new, placement)
         bsz, heads, seq, dim = new.shape
         moved = self.reshape(self.transpose(new, (0, 1, 3, 2)), (bsz, heads * dim, seq))     # (B, Nkv*D, S)
         placed = self.batch_matmul(moved, placement)                                         # (B, Nkv*D, M)

@@ -125,7 +125,8 @@ class Attention(nn.Cell):
 
     def construct(self, x, rope, mask, placement=None):
         """x (B, S, H); rope = (cos_q, sin_q, cos_k, sin_k), each (S, D) or per token (B, 1, S, D);
-        mask (B, 1, S, S_k) True = masked; placement (S, max_len) only for cached decoding."""
+        mask (B, 1, S, S_k) True = masked; placement: the KV cache write indices (B, Nkv, S, 3), or a serving slot
+        cache's one-hot (B, S, max_len), only for cached decoding."""
         cos_q, sin_q, cos_k, sin_k = rope
         bsz, seq, _ = x.shape
         q = self.reshape(self.wq(x), (bsz, seq, self.num_heads, self.head_dim))
