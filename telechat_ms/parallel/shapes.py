@@ -76,7 +76,7 @@ def norm_calls(cell, config, d, ctx) -> dict:
     if cell.fused:
         return {"rms_norm": [((d["B"], d["S"], d["H"]), (d["H"],))]}
     x, r = (d["T"], d["H"]), (d["T"], d["1"])
-    return {"rows.square": [(x,)], "rows.mean": [(x,)], "rows.add": [(r, SCALAR)], "rows.rsqrt": [(r,)],
+    return {"rows.square": [(x, x)], "rows.mean": [(x,)], "rows.add": [(r, SCALAR)], "rows.rsqrt": [(r,)],
             "rows.tile_rsqrt": [(r, Multiples((1, d["H"])))], "rows.mul": [(x, x)],
             "rows.tile_weight": [((d["1"], d["H"]), Multiples((d["T"], 1)))], "rows.mul_weight": [(x, x)]}
 

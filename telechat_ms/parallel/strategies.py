@@ -120,10 +120,10 @@ def norm_plan(cell, parallel) -> Plan:
     if cell.fused:
         return {"rms_norm": _op(x, (ONE,))}
     rows = (a.dp * a.sp, ONE)
-    plan = {f"rows.{name}": _op(rows) for name in ("square", "mean", "rsqrt", "tile_rsqrt", "tile_weight",
-                                                    "sum_dw", "mean_gn", "tile_gn")}
-    plan.update({f"rows.{name}": _op(rows, rows) for name in ("mul", "mul_weight", "mul_dw", "mul_g", "mul_gn",
-                                                               "mul_n", "sub", "mul_dx")})
+    plan = {f"rows.{name}": _op(rows) for name in ("mean", "rsqrt", "tile_rsqrt", "tile_weight", "sum_dw",
+                                                    "mean_gn", "tile_gn")}
+    plan.update({f"rows.{name}": _op(rows, rows) for name in ("square", "mul", "mul_weight", "mul_dw", "mul_g",
+                                                               "mul_gn", "mul_n", "sub", "mul_dx")})
     plan["rows.add"] = _op(rows, ())
     return plan
 
