@@ -45,7 +45,7 @@ def decays(param) -> bool:
 def _adamw_update(beta1, beta2, eps, lr, bias1, bias2, apply, weight_decay, param, m, v, grad):
     """One parameter; `apply` False (overflow) leaves param and moments untouched."""
     m_new = beta1 * m + (1.0 - beta1) * grad
-    v_new = beta2 * v + (1.0 - beta2) * ops.square(grad)
+    v_new = beta2 * v + (1.0 - beta2) * (grad * grad)       # Square's value; MindSpore's CPU Mul is 3x faster
     update = (m_new / bias1) / (ops.sqrt(v_new / bias2) + eps)
     p_new = param * (1.0 - lr * weight_decay) - lr * update
     # a full-shape condition: MindSpore's CPU Select keeps per-element broadcast index tables for a 0-d one

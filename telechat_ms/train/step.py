@@ -54,14 +54,24 @@ class Updater(nn.Cell):
         if self.reducer is not None:
             grads = self.reducer(grads)
         grads = self.hyper_map(ops.partial(ops.mul, inv_scale), grads)
-        finite = ops.stack([ops.isfinite(g).all() for g in grads]).all()
+        # g * 0 is 0 for every finite element and NaN for an Inf or NaN, and a sum of zeros cannot overflow: the
+        # same answer as isfinite(g).all(), with a 2-D-fast reduction instead of a full-tensor ReduceAll
+        finite = ops.isfinite(ops.stack([_sum_all(g * 0.0) for g in grads]).sum())
         # zeroed when not finite, so the norm and the (discarded) update stay finite
         grads = self.hyper_map(ops.partial(_zero_unless, finite), grads)
-        norm = ops.sqrt(ops.stack([ops.square(g).sum() for g in grads]).sum())
+        norm = ops.sqrt(ops.stack([_sum_all(g * g) for g in grads]).sum())      # g * g: Square's value, 3x faster on CPU
         if self.max_grad_norm is not None:
             coef = ops.minimum(self.max_grad_norm / (norm + 1e-6), 1.0)
             grads = self.hyper_map(ops.partial(ops.mul, coef), grads)
         return ops.depend(finite, self.optimizer(grads, lr, finite)), norm
+
+
+def _sum_all(x):
+    """The sum of all elements, over the rows of a 2-D view: MindSpore's CPU reduce kernels are fast on the last
+    axis of a 2-D tensor only (a full-tensor sum of a parameter's gradient took 2.2 ms on average on the bench
+    model, docs/performance.md)."""
+    rows = x.reshape(-1, x.shape[-1]) if x.ndim > 1 else x.reshape(1, -1)           # (R, C)
+    return rows.sum(-1).sum()
 
 
 def _zero_unless(finite, grad):
