@@ -125,7 +125,9 @@ class KVCacheSession:
     def _run(self, feed: np.ndarray, start: int, new: int, total: int) -> np.ndarray:
         """Write `feed` (B, new) at slots [start, start+new) and return the logits at position total-1."""
         cos, sin = self._tables(total)                                              # (max_len, D)
-        bsz, heads, kv_heads = self.batch, self.config.num_heads, self.config.num_kv_heads
+        # this rank's heads (a tensor-parallel model's .config is the global one)
+        attention = self.model.model.layers[0].attention
+        bsz, heads, kv_heads = self.batch, attention.num_heads, attention.num_kv_heads
         query = (bsz, heads, new, cos.shape[1])
         cos_q, sin_q = (ms.Tensor(np.broadcast_to(t[start:start + new], query), self.dtype) for t in (cos, sin))
         key = (bsz, kv_heads) + cos.shape
