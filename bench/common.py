@@ -78,6 +78,15 @@ def warn_if_busy() -> None:
               "compile times above are not valid figures (peak RSS is)")
 
 
+def round_medians(rounds) -> tuple[float, float, float, float]:
+    """(ours, reference) seconds per alternating round -> (median ours, median reference, lowest and highest
+    per-round ratio reference / ours)."""
+    import numpy as np
+    ratios = [ref / ours for ours, ref in rounds]
+    return (float(np.median([ours for ours, _ in rounds])), float(np.median([ref for _, ref in rounds])),
+            min(ratios), max(ratios))
+
+
 def peak_rss_bytes() -> int:
     """Peak resident set size of this process so far (Linux ru_maxrss is in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from common import add_model_args, build_pair, machine_facts, warn_if_busy
+from common import add_model_args, build_pair, machine_facts, round_medians, warn_if_busy
 
 
 def _ours(model, prompt, config):
@@ -60,10 +60,8 @@ def main() -> int:
           f"{os.cpu_count()} CPU threads; {args.rounds} alternating rounds")
     print(f"{'phase':8} {'ours tok/s':>11} {'HF tok/s':>9} {'ratio':>7} {'ratio min-max':>14}")
     for name, index, tokens in (("prefill", 0, args.prompt), ("decode", 1, 1)):
-        o = float(np.median([r[0][index] for r in rounds]))
-        h = float(np.median([r[1][index] for r in rounds]))
-        ratios = [r[1][index] / r[0][index] for r in rounds]
-        print(f"{name:8} {tokens / o:11.1f} {tokens / h:9.1f} {h / o:6.2f}x {min(ratios):6.2f}-{max(ratios):.2f}x")
+        o, h, low, high = round_medians([(r[0][index], r[1][index]) for r in rounds])
+        print(f"{name:8} {tokens / o:11.1f} {tokens / h:9.1f} {h / o:6.2f}x {low:6.2f}-{high:.2f}x")
     print(f"greedy tokens identical to HF: {same}/{args.new}")
     warn_if_busy()
     return 0

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from common import add_model_args, build_pair, machine_facts, warn_if_busy
+from common import add_model_args, build_pair, machine_facts, round_medians, warn_if_busy
 
 
 def _timeit(fn, repeat: int) -> float:
@@ -67,11 +67,8 @@ def main() -> int:
           f"of {args.repeat} calls")
     print(f"{'pass':18} {'ours tok/s':>11} {'torch tok/s':>12} {'ratio':>7} {'ratio min-max':>14}")
     for name, timings in results.items():
-        t_ours = float(np.median([o for o, _ in timings]))
-        t_ref = float(np.median([r for _, r in timings]))
-        ratios = [r / o for o, r in timings]
-        print(f"{name:18} {tokens / t_ours:11.1f} {tokens / t_ref:12.1f} {t_ref / t_ours:6.2f}x "
-              f"{min(ratios):6.2f}-{max(ratios):.2f}x")
+        t_ours, t_ref, low, high = round_medians(timings)
+        print(f"{name:18} {tokens / t_ours:11.1f} {tokens / t_ref:12.1f} {t_ref / t_ours:6.2f}x {low:6.2f}-{high:.2f}x")
     warn_if_busy()
     return 0
 

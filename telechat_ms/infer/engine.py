@@ -83,7 +83,7 @@ class KVCacheSession:
         self.key_valid = np.zeros((batch, max_len), dtype=bool)  # False for left pads and unwritten slots
         self.regime = None                                       # (base, mscale) the cache was built with
         self.rope = RopeSpec.from_config(self.config)
-        self._table = None                                       # (regime, cos, sin) host rotary tables
+        self._table = None                 # (regime, cos, sin, cos_k, sin_k): host tables and key tensors
         self.dtype = dtype or ms.float32
         model.model.enable_kv_cache(batch, max_len)
         self.step_fn, self.decode_fn = step_cells(model, self.dtype)   # decode_fn: one new token
@@ -95,13 +95,16 @@ class KVCacheSession:
     def _regime(self, total: int):
         return rope_regime(self.rope, total)
 
-    def _tables(self, total: int):
-        """cos, sin (max_len, D) for the current rotary regime (`self.regime`, the one of `total`); a table
-        depends only on (base, mscale) and the position, so it is built once per regime and sliced."""
+    def _tables(self, total: int, kv_heads: int):
+        """Host cos, sin (max_len, D) for the current rotary regime (`self.regime`, the one of `total`) and the
+        key tables made of them, (B, N_kv, max_len, D) tensors: a table depends only on (base, mscale) and the
+        position, so both are built once per regime (the host tables are sliced for the queries)."""
         if self._table is None or self._table[0] != self.regime:
             cos, sin = rotary_tables(self.rope, total, 0, self.max_len)
-            self._table = (self.regime, cos, sin)
-        return self._table[1], self._table[2]
+            key = (self.batch, kv_heads) + cos.shape
+            keys = tuple(ms.Tensor(np.broadcast_to(t, key), self.dtype) for t in (cos, sin))   # (B, N_kv, M, D)
+            self._table = (self.regime, cos, sin) + keys
+        return self._table[1:]
 
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
         """Feed (B, S_new) ids (prefill: the left-padded prompts; decode: one token) -> last logits (B, V)."""
@@ -124,21 +127,18 @@ class KVCacheSession:
 
     def _run(self, feed: np.ndarray, start: int, new: int, total: int) -> np.ndarray:
         """Write `feed` (B, new) at slots [start, start+new) and return the logits at position total-1."""
-        cos, sin = self._tables(total)                                              # (max_len, D)
         # this rank's heads (a tensor-parallel model's .config is the global one)
         attention = self.model.model.layers[0].attention
         bsz, heads, kv_heads = self.batch, attention.num_heads, attention.num_kv_heads
+        cos, sin, cos_k, sin_k = self._tables(total, kv_heads)                      # host (max_len, D) + keys
         query = (bsz, heads, new, cos.shape[1])
         cos_q, sin_q = (ms.Tensor(np.broadcast_to(t[start:start + new], query), self.dtype) for t in (cos, sin))
-        key = (bsz, kv_heads) + cos.shape
-        cos_k, sin_k = (ms.Tensor(np.broadcast_to(t, key), self.dtype) for t in (cos, sin))  # (B, N_kv, M, D)
         slots = np.arange(self.max_len)
         causal = slots[None, :] <= (start + np.arange(new))[:, None]                 # (new, max_len)
         keep = causal[None, :, :] & self.key_valid[:, None, :]                       # (B, new, max_len)
         indices = write_indices(bsz, kv_heads, start + np.arange(new))               # (B, N_kv, new, 3)
         # mutable: the tables change every step; as constants they would trigger a recompile per step
         step = self.decode_fn if new == 1 else self.step_fn
-        logits = step(ms.Tensor(feed), ms.mutable((cos_q, sin_q, cos_k, sin_k)),
-                              ms.Tensor(~keep[:, None, :, :]), ms.Tensor(indices),
-                              ms.Tensor([total - 1 - start], ms.int32))
+        logits = step(ms.Tensor(feed), ms.mutable((cos_q, sin_q, cos_k, sin_k)), ms.Tensor(~keep[:, None, :, :]),
+                      ms.Tensor(indices), ms.Tensor([total - 1 - start], ms.int32))
         return logits.asnumpy()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from mindspore import Tensor, nn, ops
+from mindspore import nn, ops
 from mindspore.ops.auto_generate import RotaryPositionEmbedding
 
 from ..config.model import ntk_alpha, ntk_mscale
@@ -94,19 +94,18 @@ def rotary_tables(spec: RopeSpec, total_len: int, start: int, length: int) -> tu
 
 
 class RotaryEmbedding(nn.Cell):
-    """Returns cos/sin tables for a sequence and applies rotate-half RoPE over the full head_dim.
+    """Applies rotate-half RoPE over the full head_dim with the tables it is given (RopeTables builds them for a
+    forward, the decoding sessions on the host).
 
-    Plain path: the halves come from one Split, and tables not already of x's shape are expanded with Tile
-    (TelechatModel expands them once per forward for all layers, see `expand`), so the products run on equal
-    shapes. Ascend: RotaryPositionEmbedding (rotate-half mode) on (1, 1, S, D) tables.
+    Plain path: the halves come from one Split, and tables not already of x's shape (the serving slots' per-token
+    (B, 1, S, D) ones) are expanded with Tile, so the products run on equal shapes. Ascend:
+    RotaryPositionEmbedding (rotate-half mode) on (1, 1, S, D) tables.
     """
 
     def __init__(self, spec: RopeSpec, kernels: Kernels = Kernels()):
         super().__init__()
         self.spec = spec
         self.fused = kernels.fused_rope
-        self.half = spec.head_dim // 2
-        self.cast = ops.Cast()
         self.mul_cos = ops.Mul()
         self.mul_sin = ops.Mul()
         self.add = ops.Add()
@@ -122,12 +121,6 @@ class RotaryEmbedding(nn.Cell):
     @classmethod
     def from_config(cls, config, kernels: Kernels = Kernels()) -> "RotaryEmbedding":
         return cls(RopeSpec.from_config(config), kernels)
-
-    def tables(self, seq_len: int, dtype, ntk_len: int = 0):
-        """cos, sin (seq_len, head_dim) for positions 0..seq_len-1; NTK alpha/mscale from `ntk_len`
-        (default: seq_len, the HF rule for a full forward)."""
-        cos, sin = rotary_tables(self.spec, ntk_len or seq_len, 0, seq_len)
-        return self.cast(Tensor(cos), dtype), self.cast(Tensor(sin), dtype)
 
     def construct(self, x, cos, sin):
         """x (B, N, S, D), cos/sin (S, D) or per token (B, 1, S, D) -> x*cos + rotate_half(x)*sin."""

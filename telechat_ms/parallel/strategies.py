@@ -278,6 +278,19 @@ PARAM_INPUTS: dict[str, dict[str, tuple[str, int]]] = {
 UNITS = frozenset({"MoE"})
 
 
+def walk_cells(network):
+    """(path, cell, kind) of every cell of `network`, a unit's (the MoE's) descendants left out: a unit plans its
+    whole subtree (dotted plan keys such as "ffn.w1.bmm")."""
+    units: list[str] = []
+    for path, cell in network.cells_and_names():
+        if any(path.startswith(u + ".") for u in units):
+            continue
+        kind = cell_kind(cell)
+        if kind in UNITS:
+            units.append(path)
+        yield path, cell, kind
+
+
 def cell_kind(cell) -> str:
     """The class name a cell's plan is registered under: its own class or the nearest base class with a plan
     (ReusedDecoderLayer, the lazy_inline subclass, is planned as DecoderLayer)."""

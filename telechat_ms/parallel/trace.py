@@ -18,8 +18,8 @@ import tempfile
 from dataclasses import dataclass
 
 from .rules import StrategyError
-from .strategies import UNITS, cell_kind, plan_for, resolve
-from .validate import LAYOUT_FREE, _is_known
+from .strategies import UNITS, plan_for, walk_cells
+from .validate import LAYOUT_FREE, _is_known, _planned_ids
 
 # graph plumbing, not computation: no strategy exists for these
 STRUCTURAL = frozenset({"UpdateState", "Load", "Depend", "MakeTuple", "TupleGetItem", "StopGradient", "Return",
@@ -89,16 +89,10 @@ def traced_primitives(network, *args) -> list[TracedOp]:
 def planned_primitives(network, parallel) -> set:
     """id() of every planned primitive (dotted plan keys such as "dropout.dropout" or the MoE unit's
     "ffn.w1.bmm" reach into child cells; a primitive shared by two cells is planned once)."""
-    out, units = set(), []
-    for path, cell in network.cells_and_names():
-        if any(path.startswith(u + ".") for u in units):
-            continue
-        kind = cell_kind(cell)
-        if kind in UNITS:
-            units.append(path)
-        elif not _is_known(kind):
-            continue
-        out |= {id(resolve(cell, key)) for key in plan_for(cell, parallel)}
+    out = set()
+    for _path, cell, kind in walk_cells(network):
+        if kind in UNITS or _is_known(kind):
+            out |= _planned_ids(cell, plan_for(cell, parallel))
     return out
 
 

@@ -21,7 +21,7 @@ from ..config.base import ConfigError
 from .pipeline import layer_placements, stage_of_path
 from .rules import StrategyError, check_call
 from .shapes import AXES, ShapeContext, op_calls
-from .strategies import PARAM_INPUTS, UNITS, cell_kind, plan_for, resolve
+from .strategies import PARAM_INPUTS, UNITS, plan_for, resolve, walk_cells
 
 
 @contextlib.contextmanager
@@ -187,14 +187,8 @@ def check_ops(model, parallel, ctx: ShapeContext) -> list[OpReport]:
     placements = layer_placements(config.num_layers, parallel)
     reports: list[OpReport] = []
     planned: set = set()
-    units: list[str] = []
     unknown = []
-    for path, cell in model.cells_and_names():
-        if any(path.startswith(u + ".") for u in units):
-            continue
-        kind = cell_kind(cell)
-        if kind in UNITS:
-            units.append(path)
+    for path, cell, kind in walk_cells(model):
         if kind not in UNITS and not _is_known(kind):
             unknown.append((path, cell))
             continue
@@ -210,12 +204,10 @@ def check_ops(model, parallel, ctx: ShapeContext) -> list[OpReport]:
 def parameter_slices(model, parallel) -> dict:
     """{id(Parameter): [(op path, slice strategy of that input)]} for every Parameter an op reads (PARAM_INPUTS)."""
     out: dict = {}
-    units: list[str] = []
-    for path, cell in model.cells_and_names():
-        if cell_kind(cell) in UNITS:
-            units.append(path)        # the MoE plans its subtree as one unit; its weights are not shared
-        inputs = PARAM_INPUTS.get(cell_kind(cell))
-        if not inputs or any(path.startswith(u + ".") for u in units):
+    # the MoE plans its subtree as one unit; its weights are not shared
+    for path, cell, kind in walk_cells(model):
+        inputs = PARAM_INPUTS.get(kind)
+        if not inputs:
             continue
         plan = plan_for(cell, parallel)
         for attr, (op, index) in inputs.items():

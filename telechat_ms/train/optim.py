@@ -66,6 +66,7 @@ class AdamW(nn.Cell):
         self.step = Parameter(Tensor(0, ms.int32), name="adam_step", requires_grad=False)
         self.beta1, self.beta2 = config.betas
         self.eps = config.eps
+        self.weight_decay = config.weight_decay
         self.weight_decays = tuple(config.weight_decay if decays(p) else 0.0 for p in params)
         self.hyper_map = ops.HyperMap()
         self.fused = ops.AdamWeightDecay()
@@ -88,8 +89,10 @@ class AdamW(nn.Cell):
         beta1 = ops.select(apply, Tensor(self.beta1, ms.float32), one)
         beta2 = ops.select(apply, Tensor(self.beta2, ms.float32), one)
         eps = self.eps * root2
-        decay = ops.select(apply, bias1 / root2, zero)                  # wd' / wd
-        decays = tuple(decay * wd for wd in self.weight_decays)
+        scale = ops.select(apply, bias1 / root2, zero)                  # wd' / wd
+        # each parameter's wd is the config's or 0.0: one product, not one per parameter
+        decayed = scale * self.weight_decay
+        decays = tuple(decayed if wd else zero for wd in self.weight_decays)
         update = ops.partial(_adamw_update, self.fused, lr_k, beta1, beta2, eps)
         return self.hyper_map(update, decays, self.params, self.moments1, self.moments2, grads)
 
